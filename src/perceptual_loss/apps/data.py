@@ -1,0 +1,604 @@
+"""Training data: images, random crops, degradations, and CT/MRI windowing.
+
+Images are tensors ``(C, H, W)`` of dtype float32 in ``[0, 1]`` held in memory (training
+sets for these commands are folders of a few to a few thousand pictures). A
+:class:`RestorationDataset` turns them into ``(degraded input, clean target)`` pairs of
+random crops; every random draw comes from a generator seeded by ``(seed, epoch, index)``,
+so an item is the same whichever process or worker loads it and a resumed run sees the
+same data as an uninterrupted one.
+
+Degradations are small callables ``degradation(image, generator) -> image``:
+:class:`GaussianNoise`, :class:`PoissonNoise` and :class:`BicubicDownscale`.
+
+With no folder of its own a user trains on scikit-image's bundled sample pictures
+(:func:`load_sample_images`), which load with no network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = [
+    "SAMPLE_IMAGES_GRAY",
+    "SAMPLE_IMAGES_RGB",
+    "BicubicDownscale",
+    "Degradation",
+    "GaussianNoise",
+    "PoissonNoise",
+    "RestorationDataset",
+    "apply_window",
+    "center_crop",
+    "load_folder",
+    "load_sample_images",
+    "load_slices",
+    "make_eval_pairs",
+    "modcrop",
+    "parse_noise",
+    "parse_window",
+    "random_crop",
+    "read_raw_grayscale",
+    "split_holdout",
+]
+
+#: Colour pictures bundled with scikit-image (no network needed to load them).
+SAMPLE_IMAGES_RGB: tuple[str, ...] = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+)
+#: Grayscale pictures bundled with scikit-image.
+SAMPLE_IMAGES_GRAY: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "moon")
+
+Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _check_image(image: torch.Tensor, name: str = "image") -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (C, H, W), got {type(image).__name__}")
+    if image.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (C, H, W), got {tuple(image.shape)}"
+        )
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) array -> float32 (C, H, W) tensor in [0, 1]."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return tensor.to(torch.float32) / 255.0
+
+
+def load_sample_images(
+    names: Sequence[str] | None = None, mode: str = "rgb"
+) -> list[torch.Tensor]:
+    """Load scikit-image's bundled sample pictures (no network).
+
+    Args:
+        names: ``skimage.data`` loader names such as ``"astronaut"``, ``"coffee"``,
+            ``"chelsea"``, ``"rocket"``, ``"camera"``; ``None`` loads
+            :data:`SAMPLE_IMAGES_RGB` (``mode="rgb"``) or :data:`SAMPLE_IMAGES_GRAY`.
+        mode: ``"rgb"`` gives ``(3, H, W)`` (grayscale pictures are repeated),
+            ``"gray"`` gives ``(1, H, W)`` (colour pictures are converted with ITU-R 601
+            luma weights).
+
+    Returns:
+        One float32 tensor in ``[0, 1]`` per name.
+
+    Raises:
+        ImportError: If scikit-image is not installed.
+        ValueError: If a name is not a bundled sample or ``mode`` is unknown.
+    """
+    if mode not in ("rgb", "gray"):
+        raise ValueError(f"mode must be 'rgb' or 'gray', got {mode!r}")
+    try:
+        from skimage import data as skimage_data
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the sample pictures come from scikit-image: pip install 'perceptual-loss[cli]'"
+        ) from error
+    if names is None:
+        names = SAMPLE_IMAGES_RGB if mode == "rgb" else SAMPLE_IMAGES_GRAY
+    images = []
+    for name in names:
+        loader = getattr(skimage_data, name, None)
+        known = SAMPLE_IMAGES_RGB + SAMPLE_IMAGES_GRAY
+        if loader is None or not callable(loader) or name.startswith("_"):
+            raise ValueError(f"unknown scikit-image sample {name!r}; try one of {known}")
+        array = np.asarray(loader())
+        if array.dtype != np.uint8 or array.ndim not in (2, 3):
+            raise ValueError(
+                f"scikit-image sample {name!r} is not an 8-bit picture "
+                f"(dtype {array.dtype}, shape {array.shape}); try one of {known}"
+            )
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[:, :, :3]
+        image = _to_tensor(array)
+        if mode == "rgb" and image.shape[0] == 1:
+            image = image.expand(3, -1, -1).clone()
+        elif mode == "gray" and image.shape[0] == 3:
+            luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+            image = (image * luma).sum(dim=0, keepdim=True)
+        images.append(image)
+    return images
+
+
+def load_folder(folder: str | Path, mode: str = "rgb") -> tuple[list[torch.Tensor], list[str]]:
+    """Load every picture of a folder (8- or 16-bit PNG, JPEG, ...), sorted by name.
+
+    Args:
+        folder: A directory of images.
+        mode: ``"rgb"`` for ``(3, H, W)`` or ``"gray"`` for ``(1, H, W)``.
+
+    Returns:
+        ``(images, names)``: float32 tensors in ``[0, 1]`` and the file names.
+
+    Raises:
+        ValueError: If the folder does not exist or holds no image.
+    """
+    from perceptual_loss.apps.io import list_images, load_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"image folder {str(folder)!r} does not exist or is not a folder")
+    paths = list(list_images(folder))
+    if not paths:
+        raise ValueError(f"no images (png, jpg, ...) in folder {str(folder)!r}")
+    return [load_image(path, mode=mode) for path in paths], [Path(p).name for p in paths]
+
+
+def read_raw_grayscale(path: str | Path) -> np.ndarray:
+    """Read a grayscale PNG's stored values without scaling (16-bit CT/MRI slices).
+
+    For a CT slice stored as ``HU + 1024`` this returns ``HU + 1024``; for 8-bit files
+    the values are 0..255.
+
+    Args:
+        path: A single-channel image file (PIL modes ``L``, ``I;16``, ``I``).
+
+    Returns:
+        ``(H, W)`` float32 array of the stored values.
+
+    Raises:
+        ValueError: If the file is missing or not single-channel.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file {str(path)!r} does not exist")
+    with Image.open(path) as picture:
+        if picture.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+            raise ValueError(
+                f"{path.name} is a {picture.mode} image; CT/MRI windowing needs a "
+                "single-channel (grayscale, 8- or 16-bit) file"
+            )
+        return np.asarray(picture).astype(np.float32)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """Parse a display window ``"LOW,HIGH"`` given in the file's stored values.
+
+    Args:
+        text: Two numbers separated by a comma, e.g. ``"984,1104"`` (a CT window of
+            -40..80 HU for files that store ``HU + 1024``).
+
+    Returns:
+        ``(low, high)`` with ``low < high``.
+
+    Raises:
+        ValueError: If the text is not two numbers or ``low >= high``.
+    """
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise ValueError(
+            f"a window is 'LOW,HIGH' in stored pixel values (e.g. '984,1104'), got {text!r}"
+        ) from None
+    if not low < high:
+        raise ValueError(f"window LOW must be below HIGH, got {text!r}")
+    return low, high
+
+
+def apply_window(raw: np.ndarray | torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Map stored values to ``[0, 1]``: ``low`` and below -> 0, ``high`` and above -> 1.
+
+    Args:
+        raw: ``(H, W)`` stored values (e.g. from :func:`read_raw_grayscale`).
+        low: Stored value shown as black.
+        high: Stored value shown as white; must be above ``low``.
+
+    Returns:
+        ``(1, H, W)`` float32 tensor in ``[0, 1]``.
+
+    Example:
+        >>> apply_window(np.array([[0.0, 50.0, 100.0, 200.0]]), 0, 100)
+        tensor([[[0.0000, 0.5000, 1.0000, 1.0000]]])
+    """
+    if not low < high:
+        raise ValueError(f"window low ({low}) must be below high ({high})")
+    values = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
+    if values.ndim != 2:
+        raise ValueError(f"expected a single (H, W) slice, got shape {tuple(values.shape)}")
+    return ((values - low) / (high - low)).clamp(0.0, 1.0).unsqueeze(0)
+
+
+def load_slices(
+    paths: Sequence[str | Path], window: tuple[float, float] | None = None
+) -> tuple[list[torch.Tensor], tuple[float, float]]:
+    """Load grayscale CT/MRI slices (16-bit PNG) and window them to ``[0, 1]``.
+
+    Args:
+        paths: Single-channel image files.
+        window: ``(low, high)`` in stored values; ``None`` uses the minimum and maximum
+            over all files, one window for the whole set so that intensities stay
+            comparable between slices.
+
+    Returns:
+        ``(images, window)``: ``(1, H, W)`` float32 tensors and the window used (store it
+        with the model so held-out slices are windowed the same way).
+
+    Raises:
+        ValueError: If ``paths`` is empty, a file is not grayscale, or all files are one
+            constant value and no window was given.
+    """
+    if not paths:
+        raise ValueError("no slices given")
+    raws = [read_raw_grayscale(path) for path in paths]
+    if window is None:
+        low = float(min(raw.min() for raw in raws))
+        high = float(max(raw.max() for raw in raws))
+        if not low < high:
+            raise ValueError(
+                f"all slices hold the single value {low}; give a window explicitly"
+            )
+        window = (low, high)
+    return [apply_window(raw, *window) for raw in raws], window
+
+
+def random_crop(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A ``size x size`` crop at a random position.
+
+    Args:
+        image: ``(C, H, W)`` with ``H, W >= size``.
+        size: Side of the square crop in pixels.
+        generator: Source of the position.
+
+    Returns:
+        ``(C, size, size)`` view of ``image``.
+
+    Raises:
+        ValueError: If the image is smaller than the crop.
+    """
+    _check_image(image)
+    height, width = image.shape[-2:]
+    if height < size or width < size:
+        raise ValueError(
+            f"an image of {height}x{width} pixels is smaller than the crop size {size}; "
+            "use a smaller crop size or larger images"
+        )
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    return image[:, top : top + size, left : left + size]
+
+
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size x size`` crop, or the whole side where the image is smaller.
+
+    Args:
+        image: ``(C, H, W)``.
+        size: Largest side of the crop in pixels.
+
+    Returns:
+        ``(C, min(H, size), min(W, size))`` view of ``image``.
+    """
+    _check_image(image)
+    height, width = image.shape[-2:]
+    crop_h, crop_w = min(height, size), min(width, size)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return image[:, top : top + crop_h, left : left + crop_w]
+
+
+def modcrop(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Crop bottom/right so that height and width are multiples of ``multiple``.
+
+    Args:
+        image: ``(C, H, W)`` with ``H, W >= multiple``.
+        multiple: The scale factor of a super-resolution task.
+
+    Returns:
+        ``(C, H - H % multiple, W - W % multiple)`` view of ``image``.
+    """
+    _check_image(image)
+    height, width = image.shape[-2:]
+    if height < multiple or width < multiple:
+        raise ValueError(f"an image of {height}x{width} is smaller than the scale {multiple}")
+    return image[:, : height - height % multiple, : width - width % multiple]
+
+
+class GaussianNoise:
+    """Additive white Gaussian noise, clipped to ``[0, 1]`` like a saved picture.
+
+    Args:
+        sigma: Standard deviation in ``[0, 1]`` units (25/255 ~ 0.098 is the classic
+            "sigma 25"), or ``(low, high)`` to draw one sigma per image uniformly (blind
+            denoising).
+
+    Example:
+        >>> noisy = GaussianNoise(0.1)(torch.full((1, 4, 4), 0.5), torch.Generator())
+        >>> noisy.shape
+        torch.Size([1, 4, 4])
+    """
+
+    def __init__(self, sigma: float | tuple[float, float]) -> None:
+        low, high = (sigma, sigma) if isinstance(sigma, int | float) else tuple(sigma)
+        if not (0.0 <= low <= high) or not math.isfinite(high):
+            raise ValueError(
+                f"sigma must be a non-negative number or a (low, high) range, got {sigma!r}"
+            )
+        if high > 1.0:
+            raise ValueError(
+                f"sigma is in [0, 1] image units (sigma 25 on 0..255 is 25/255 = 0.098), "
+                f"got {sigma!r}"
+            )
+        self.low, self.high = float(low), float(high)
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Return a noisy copy of ``image`` (same shape, values in ``[0, 1]``)."""
+        sigma = self.low + (self.high - self.low) * float(torch.rand((), generator=generator))
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
+        return (image + sigma * noise).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        spread = f"{self.low:g}" if self.low == self.high else f"{self.low:g}..{self.high:g}"
+        return f"GaussianNoise(sigma={spread})"
+
+
+class PoissonNoise:
+    """Shot noise: ``Poisson(peak * x) / peak``, the photon-limited noise of low dose/light.
+
+    Args:
+        peak: Photon count that a pixel of value 1 receives; smaller is noisier
+            (e.g. 10 very noisy, 100 mild).
+    """
+
+    def __init__(self, peak: float) -> None:
+        if not isinstance(peak, int | float) or not math.isfinite(peak) or peak <= 0:
+            raise ValueError(f"peak must be a positive number of photons, got {peak!r}")
+        self.peak = float(peak)
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Return a noisy copy of ``image`` (same shape, values in ``[0, 1]``)."""
+        counts = torch.poisson(image.clamp(min=0.0) * self.peak, generator=generator)
+        return (counts / self.peak).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"PoissonNoise(peak={self.peak:g})"
+
+
+class BicubicDownscale:
+    """Bicubic (antialiased) downscaling by an integer factor: the SR degradation.
+
+    Args:
+        scale: Downscaling factor (2 or 4 for the SR network).
+    """
+
+    def __init__(self, scale: int) -> None:
+        if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
+            raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
+        self.scale = scale
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None):
+        """Downscale ``(C, H, W)`` (H, W multiples of ``scale``) to ``(C, H/s, W/s)``."""
+        height, width = image.shape[-2:]
+        if height % self.scale or width % self.scale:
+            raise ValueError(
+                f"an image of {height}x{width} is not a multiple of the scale {self.scale}; "
+                "crop it first (modcrop)"
+            )
+        small = F.interpolate(
+            image.unsqueeze(0),
+            size=(height // self.scale, width // self.scale),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        )
+        return small.squeeze(0).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"BicubicDownscale(scale={self.scale})"
+
+
+def parse_noise(spec: str) -> GaussianNoise | PoissonNoise:
+    """Parse a noise model from the command line.
+
+    Args:
+        spec: ``"gaussian:SIGMA"`` (SIGMA in [0, 1] units, or ``LOW-HIGH`` for a range),
+            or ``"poisson:PEAK"``.
+
+    Returns:
+        The degradation.
+
+    Raises:
+        ValueError: If the text does not follow either form.
+
+    Example:
+        >>> parse_noise("gaussian:0.1"), parse_noise("poisson:30")
+        (GaussianNoise(sigma=0.1), PoissonNoise(peak=30))
+    """
+    kind, _, value = str(spec).partition(":")
+    kind = kind.strip().lower()
+    usage = "expected 'gaussian:SIGMA' (e.g. gaussian:0.1 or gaussian:0.02-0.2) or 'poisson:PEAK'"
+    if not value:
+        raise ValueError(f"noise {spec!r}: {usage}")
+    try:
+        if kind == "gaussian":
+            if "-" in value.strip().lstrip("-"):
+                low, high = (float(v) for v in value.split("-"))
+                return GaussianNoise((low, high))
+            return GaussianNoise(float(value))
+        if kind == "poisson":
+            return PoissonNoise(float(value))
+    except ValueError as error:
+        raise ValueError(f"noise {spec!r}: {error}; {usage}") from None
+    raise ValueError(f"unknown noise {kind!r} in {spec!r}: {usage}")
+
+
+def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    # Distinct, reproducible stream per (seed, epoch, index), independent of the process.
+    mixed = (seed * 1_000_003 + epoch) * 10_000_019 + index
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+class RestorationDataset(Dataset):
+    """Random crops of in-memory images as ``(degraded input, clean target)`` pairs.
+
+    The dataset has a fixed virtual length (``length`` crops per epoch); item ``i`` of
+    epoch ``e`` is a crop of image ``i % len(images)``, cut and degraded with a generator
+    seeded from ``(seed, e, i)``. Call :meth:`set_epoch` at the start of each epoch (the
+    training loop does, together with ``DistributedSampler.set_epoch``).
+
+    Args:
+        images: ``(C, H, W)`` float tensors in ``[0, 1]``, all with the same ``C``.
+        crop_size: Side of the square target crops; a multiple of the scale for
+            :class:`BicubicDownscale`.
+        degradation: Makes the input from the target crop; ``None`` returns the crop as
+            both input and target (style transfer).
+        length: Crops per epoch.
+        seed: Base seed.
+
+    Example:
+        >>> data = RestorationDataset([torch.rand(3, 40, 40)], 16, GaussianNoise(0.1), 4)
+        >>> noisy, clean = data[0]
+        >>> noisy.shape, clean.shape
+        (torch.Size([3, 16, 16]), torch.Size([3, 16, 16]))
+    """
+
+    def __init__(
+        self,
+        images: Sequence[torch.Tensor],
+        crop_size: int,
+        degradation: Degradation | None,
+        length: int,
+        seed: int = 0,
+    ) -> None:
+        if not images:
+            raise ValueError("RestorationDataset needs at least one image")
+        channels = {int(image.shape[0]) for image in images}
+        for image in images:
+            _check_image(image)
+        if len(channels) != 1:
+            raise ValueError(
+                f"all images need the same number of channels, got {sorted(channels)}; "
+                "load them all as rgb or all as gray"
+            )
+        if not isinstance(crop_size, int) or crop_size < 1:
+            raise ValueError(f"crop_size must be a positive integer, got {crop_size!r}")
+        smallest = min(min(image.shape[-2:]) for image in images)
+        if smallest < crop_size:
+            raise ValueError(
+                f"crop size {crop_size} is larger than the smallest image side ({smallest} "
+                "pixels); use a smaller crop size"
+            )
+        scale = getattr(degradation, "scale", None)
+        if scale is not None and crop_size % scale:
+            raise ValueError(
+                f"crop size {crop_size} must be a multiple of the scale {scale} "
+                f"(e.g. {crop_size - crop_size % scale or scale})"
+            )
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        self.images = list(images)
+        self.crop_size = crop_size
+        self.degradation = degradation
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose crops the following items come from."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        generator = _item_generator(self.seed, self.epoch, index)
+        image = self.images[index % len(self.images)]
+        target = random_crop(image, self.crop_size, generator).clone()
+        if self.degradation is None:
+            return target, target.clone()
+        return self.degradation(target, generator), target
+
+
+def make_eval_pairs(
+    images: Sequence[torch.Tensor],
+    degradation: Degradation | None,
+    max_size: int | None = 256,
+    seed: int = 1234,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed ``(degraded input, clean target)`` pairs of held-out images for evaluation.
+
+    Args:
+        images: ``(C, H, W)`` float tensors in ``[0, 1]``.
+        degradation: As for :class:`RestorationDataset`; ``None`` for identity.
+        max_size: Central crop to at most this side to keep evaluation fast; ``None``
+            keeps the full image.
+        seed: Seed of the noise, so every evaluation sees the same inputs.
+
+    Returns:
+        One ``(input, target)`` pair per image; targets are cropped to a multiple of the
+        degradation's scale where it has one.
+    """
+    pairs = []
+    scale = getattr(degradation, "scale", None)
+    for index, image in enumerate(images):
+        target = center_crop(image, max_size) if max_size else image
+        if scale is not None:
+            target = modcrop(target, scale)
+        target = target.clone()
+        generator = torch.Generator().manual_seed(seed + index)
+        degraded = target.clone() if degradation is None else degradation(target, generator)
+        pairs.append((degraded, target))
+    return pairs
+
+
+def split_holdout(
+    images: Sequence[torch.Tensor], names: Sequence[str], holdout: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+    """Keep the last ``holdout`` images (in name order) out of training for evaluation.
+
+    Args:
+        images: Loaded images.
+        names: Their names, same order.
+        holdout: How many to hold out; at least one image must stay for training.
+
+    Returns:
+        ``(train_images, heldout_images, heldout_names)``.
+
+    Raises:
+        ValueError: If nothing would be left to train on.
+    """
+    if len(images) != len(names):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    if holdout < 0:
+        raise ValueError(f"holdout must be >= 0, got {holdout}")
+    if holdout >= len(images):
+        raise ValueError(
+            f"cannot hold out {holdout} of {len(images)} images and still train; "
+            "lower the hold-out count or give a separate validation folder"
+        )
+    cut = len(images) - holdout
+    return list(images[:cut]), list(images[cut:]), list(names[cut:])
