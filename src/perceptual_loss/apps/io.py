@@ -49,19 +49,87 @@ def _png_bit_depth_and_color(path: Path) -> tuple[int, int] | None:
     return bit_depth, color_type
 
 
+def _paeth(left: np.ndarray, up: np.ndarray, up_left: np.ndarray) -> np.ndarray:
+    estimate = left + up - up_left
+    distance_left = np.abs(estimate - left)
+    distance_up = np.abs(estimate - up)
+    distance_up_left = np.abs(estimate - up_left)
+    return np.where(
+        (distance_left <= distance_up) & (distance_left <= distance_up_left),
+        left,
+        np.where(distance_up <= distance_up_left, up, up_left),
+    )
+
+
 def _read_16bit_color_png(path: Path) -> np.ndarray:
-    """A 16-bit RGB(A) PNG as a uint16 ``(H, W, C)`` array (pillow would reduce it to 8 bit)."""
+    """Decode a 16-bit RGB(A) PNG into a uint16 ``(H, W, C)`` array.
+
+    Pillow (and imageio/scikit-image through it) reduce such files to 8 bits, so the PNG
+    stream is decoded here: zlib, then the five PNG row filters (PNG spec, section 9).
+    """
+    import zlib
+
+    data = path.read_bytes()
+    position, idat, header = 8, bytearray(), None
+    while position + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    if header is None:
+        raise ValueError(f"not a readable image file: {path} (PNG without IHDR)")
+    width, height, _, color_type, _, _, interlace = header
+    if interlace:
+        raise ValueError(
+            f"{path}: interlaced 16-bit colour PNG is not supported; re-save it without "
+            "interlacing"
+        )
+    channels = 3 if color_type == 2 else 4
+    bytes_per_pixel = 2 * channels
+    stride = width * bytes_per_pixel
     try:
-        import imageio.v3 as iio
-    except ImportError as error:
-        raise ImportError(
-            f"{path} is a 16-bit colour PNG, which pillow reads only as 8 bit; install imageio "
-            "(pip install imageio, part of the 'cli' extra) to read it at full precision"
-        ) from error
-    array = np.asarray(iio.imread(path))
-    if array.dtype != np.uint16:
-        raise ValueError(f"expected 16-bit samples in {path}, got {array.dtype}")
-    return array
+        raw = np.frombuffer(zlib.decompress(bytes(idat)), dtype=np.uint8)
+    except zlib.error as error:
+        raise ValueError(f"not a readable image file: {path} ({error})") from error
+    if raw.size != height * (stride + 1):
+        raise ValueError(f"not a readable image file: {path} (truncated image data)")
+    rows = raw.reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.int64)
+    previous = np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        kind, line = rows[y, 0], rows[y, 1:].astype(np.int64)
+        if kind == 0:
+            current = line
+        elif kind == 2:
+            current = (line + previous) % 256
+        elif kind == 1:
+            pixels = line.reshape(width, bytes_per_pixel)
+            current = (np.cumsum(pixels, axis=0) % 256).reshape(-1)
+        elif kind in (3, 4):
+            pixels = line.reshape(width, bytes_per_pixel)
+            above = previous.reshape(width, bytes_per_pixel)
+            result = np.zeros_like(pixels)
+            left = np.zeros(bytes_per_pixel, dtype=np.int64)
+            up_left = np.zeros(bytes_per_pixel, dtype=np.int64)
+            for x in range(width):
+                if kind == 3:
+                    predicted = (left + above[x]) // 2
+                else:
+                    predicted = _paeth(left, above[x], up_left)
+                result[x] = (pixels[x] + predicted) % 256
+                left, up_left = result[x], above[x]
+            current = result.reshape(-1)
+        else:
+            raise ValueError(f"not a readable image file: {path} (bad PNG filter {kind})")
+        out[y], previous = current, current
+    high, low = out[:, 0::2], out[:, 1::2]
+    return (high * 256 + low).astype(np.uint16).reshape(height, width, channels)
 
 
 def _as_float_array(image: Image.Image, path: Path) -> np.ndarray:
