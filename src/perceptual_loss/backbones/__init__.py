@@ -1,0 +1,117 @@
+"""Backbone registry: how to build each trunk and what its layers are called.
+
+A :class:`BackboneSpec` builds the torchvision-layout model (so torchvision checkpoints load
+strictly), builds its ``features`` trunk alone, and names every module of that trunk.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+
+from torch import nn
+
+from perceptual_loss.backbones.vgg import VGG, keras_aliases, make_vgg_features, vgg_layer_names
+
+__all__ = ["BackboneSpec", "get_backbone", "list_backbones", "register_backbone"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the library needs to know about one trunk.
+
+    Attributes:
+        name: Registry name, e.g. ``"vgg16"``.
+        build: Builds the full model with torchvision's module layout and state-dict keys.
+        build_features: Builds the trunk alone (``== build().features``), an ``nn.Sequential``.
+        layer_names: One name per module of the trunk, in order.
+        aliases: Other accepted names mapped to names in ``layer_names`` (Keras spellings).
+        weights: Named weights for this trunk mapped to keys of the weight registry, e.g.
+            ``{"imagenet": "vgg16/imagenet"}``.
+        features_prefix: Prefix of the trunk's keys in the full model's state dict.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    build_features: Callable[[], nn.Sequential]
+    layer_names: tuple[str, ...]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    weights: Mapping[str, str] = field(default_factory=dict)
+    features_prefix: str = "features."
+
+    def canonical(self, layer: str) -> str:
+        """Resolve ``layer`` (ours or an alias) to a name in :attr:`layer_names`.
+
+        Raises:
+            ValueError: If the name is unknown; the message lists the valid names and the
+                nearest match.
+        """
+        if layer in self.layer_names:
+            return layer
+        if layer in self.aliases:
+            return self.aliases[layer]
+        valid = list(self.layer_names)
+        close = difflib.get_close_matches(layer, valid + list(self.aliases), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown layer {layer!r} for backbone {self.name!r}.{hint} "
+            f"Valid layers: {', '.join(valid)}"
+            + (f" (Keras aliases such as {next(iter(self.aliases))!r} also work)."
+               if self.aliases else ".")
+        )
+
+    def index(self, layer: str) -> int:
+        """Position of ``layer`` (any accepted name) in the trunk."""
+        return self.layer_names.index(self.canonical(layer))
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add ``spec`` to the registry.
+
+    Raises:
+        ValueError: If a backbone of that name is already registered.
+    """
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The registered backbone called ``name``.
+
+    Raises:
+        ValueError: If no such backbone exists; the message lists the registered ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}"
+        ) from None
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered backbones, sorted."""
+    return sorted(_REGISTRY)
+
+
+for _depth in ("vgg11", "vgg13", "vgg16", "vgg19"):
+    for _bn in (False, True):
+        _name = f"{_depth}_bn" if _bn else _depth
+        _weights = {"imagenet": f"{_name}/imagenet"}
+        if _depth in ("vgg16", "vgg19") and not _bn:
+            _weights["keras-imagenet"] = f"{_name}/keras-imagenet"
+        register_backbone(BackboneSpec(
+            name=_name,
+            build=partial(VGG, _depth, _bn),
+            build_features=partial(make_vgg_features, _depth, _bn),
+            layer_names=vgg_layer_names(_depth, _bn),
+            aliases=keras_aliases(_depth, _bn),
+            weights=_weights,
+        ))

@@ -1,0 +1,171 @@
+"""From user images to backbone inputs: value range, channels, normalisation, resize.
+
+All images are ``(N, C, H, W)`` floats in a declared ``input_range``. The pipeline is:
+map the range to ``[0, 1]``, adapt the channels to the 3 the backbone expects, normalise the way
+the weights were trained (torchvision mean/std, Caffe BGR 0-255 mean subtraction, or LPIPS
+scaling), and optionally resize. Range mapping and normalisation are fused into one affine map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "NORMALIZATIONS",
+    "ChannelMode",
+    "Normalization",
+    "Preprocessor",
+    "adapt_channels",
+    "get_normalization",
+]
+
+ChannelMode = Literal["repeat", "per_channel"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a backbone expects its input, starting from RGB in ``[0, 1]``.
+
+    The backbone input is ``(flip(x) * scale - mean) / std`` where ``flip`` reverses RGB to
+    BGR when ``bgr`` is true.
+
+    Attributes:
+        name: Registry name.
+        mean: Per-channel mean in the backbone's channel order and scale.
+        std: Per-channel divisor in the backbone's channel order and scale.
+        scale: Factor applied to ``[0, 1]`` values first (255 for Caffe weights).
+        bgr: Whether the backbone takes BGR channel order.
+    """
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float = 1.0
+    bgr: bool = False
+
+
+def _lpips_normalization() -> Normalization:
+    # LPIPS scales [-1, 1] inputs with (x - shift) / scale; expressed here on [0, 1].
+    shift = (-0.030, -0.088, -0.188)
+    scale = (0.458, 0.448, 0.450)
+    return Normalization(
+        name="lpips",
+        mean=tuple((1.0 + s) / 2.0 for s in shift),  # type: ignore[arg-type]
+        std=tuple(s / 2.0 for s in scale),  # type: ignore[arg-type]
+    )
+
+
+NORMALIZATIONS: dict[str, Normalization] = {
+    "imagenet": Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "caffe": Normalization("caffe", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
+                           scale=255.0, bgr=True),
+    "lpips": _lpips_normalization(),
+    "none": Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def get_normalization(name: str | Normalization) -> Normalization:
+    """Look up a normalisation by name (``imagenet``, ``caffe``, ``lpips``, ``none``)."""
+    if isinstance(name, Normalization):
+        return name
+    try:
+        return NORMALIZATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown normalization {name!r}; choose one of: {', '.join(NORMALIZATIONS)}"
+        ) from None
+
+
+def adapt_channels(x: torch.Tensor, mode: ChannelMode = "repeat") -> torch.Tensor:
+    """Give ``x`` the 3 channels a backbone expects.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        mode: ``"repeat"``: 3 channels pass through, 1 channel (grayscale, CT, MRI) is repeated
+            to 3; anything else is an error. ``"per_channel"``: each of the ``C`` channels is
+            treated as its own grayscale image, giving ``(N * C, 3, H, W)``; reshape the
+            results back with ``view(N, C, ...)``.
+
+    Returns:
+        ``(N, 3, H, W)`` or, in ``"per_channel"`` mode, ``(N * C, 3, H, W)``.
+    """
+    n, c, h, w = x.shape
+    if mode == "per_channel":
+        return x.reshape(n * c, 1, h, w).expand(n * c, 3, h, w)
+    if mode != "repeat":
+        raise ValueError(f"channel_mode must be 'repeat' or 'per_channel'; got {mode!r}")
+    if c == 3:
+        return x
+    if c == 1:
+        return x.expand(n, 3, h, w)
+    raise ValueError(
+        f"expected images with 1 (grayscale) or 3 (RGB) channels; got {c}. For RGBA drop the "
+        "alpha channel (x[:, :3]); for other multi-channel images (e.g. multi-echo MRI) pass "
+        "channel_mode='per_channel' to compare each channel as a grayscale image."
+    )
+
+
+class Preprocessor(nn.Module):
+    """Map images in ``input_range`` to normalised backbone inputs, optionally resized.
+
+    Args:
+        normalization: How the weights expect their input (see :data:`NORMALIZATIONS`).
+        input_range: ``(low, high)`` of the user's images.
+        channel_mode: See :func:`adapt_channels`.
+        resize: ``None``, an int (square) or ``(height, width)``: bilinear resize
+            (``align_corners=False``, no antialiasing) after normalisation.
+
+    Shape:
+        - Input: ``(N, C, H, W)`` in ``input_range``.
+        - Output: ``(N, 3, H', W')`` (``(N * C, 3, H', W')`` in ``"per_channel"`` mode).
+    """
+
+    def __init__(self, normalization: str | Normalization = "imagenet",
+                 input_range: tuple[float, float] = (0.0, 1.0),
+                 channel_mode: ChannelMode = "repeat",
+                 resize: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.normalization = get_normalization(normalization)
+        self.input_range = input_range
+        self.channel_mode = channel_mode
+        if channel_mode not in ("repeat", "per_channel"):
+            raise ValueError(
+                f"channel_mode must be 'repeat' or 'per_channel'; got {channel_mode!r}")
+        self.resize = _as_size(resize)
+        low, high = input_range
+        norm = self.normalization
+        # (flip(x01) * scale - mean) / std with x01 = (x - low) / (high - low), written as
+        # (x - shift) / divisor so that the default case is exactly (x - mean) / std.
+        span = (high - low) / norm.scale
+        shift = torch.tensor([low + m * span for m in norm.mean]).view(1, 3, 1, 1)
+        divisor = torch.tensor([s * span for s in norm.std]).view(1, 3, 1, 1)
+        self.register_buffer("shift", shift, persistent=False)
+        self.register_buffer("divisor", divisor, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocess ``x``; see the class docstring for shapes."""
+        x = adapt_channels(x, self.channel_mode)
+        if self.normalization.bgr:
+            x = x.flip(1)
+        x = (x - self.shift.to(x.dtype)) / self.divisor.to(x.dtype)
+        if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
+            x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
+        return x
+
+
+def _as_size(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if resize is None:
+        return None
+    if isinstance(resize, int):
+        size = (resize, resize)
+    else:
+        size = tuple(int(v) for v in resize)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"resize must be None, a positive int or (height, width); got {resize!r}")
+    return size  # type: ignore[return-value]
