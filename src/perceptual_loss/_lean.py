@@ -1,0 +1,518 @@
+"""Memory-lean autograd for a frozen convolutional trunk (VGG, AlexNet, SqueezeNet layouts).
+
+A perceptual loss runs its prediction through a frozen network and back-propagates to the
+image only. Plain autograd keeps far more than that needs:
+
+* ``Conv2d`` saves its float input even when its weight is frozen, but the input gradient of a
+  convolution needs only the weight (``convolution_backward`` reads just the input's shape
+  when the weight gradient is not asked for).
+* ``ReLU`` saves its float output, but its backward needs only where the output is positive:
+  one byte (``torch.bool``) or one bit (packed ``torch.uint8``) per element.
+* ``MaxPool2d`` saves its float input and 64-bit indices, but its backward needs only the
+  winning position inside each window: one ``torch.uint8`` per output element.
+* ``BatchNorm2d`` in eval mode is a per-channel affine map whose input gradient needs only its
+  scale.
+
+This module fuses ``Conv2d -> [BatchNorm2d] -> [ReLU]`` into one ``torch.autograd.Function``
+that saves a mask and nothing else, and gives ``MaxPool2d`` a uint8 window position. Forward
+values are computed by the same ATen kernels as the plain modules, so they are bit-identical;
+input gradients use the same backward kernels (``convolution_backward`` with
+``output_mask=[True, False, False]``, ``max_pool2d_with_indices_backward``), so they are equal
+up to the order of floating-point rounding in the ReLU/BatchNorm steps (tests hold them to
+``rtol=1e-6`` in float32 and ``1e-12`` in float64; in practice they are usually exact).
+
+Limits: parameters must be frozen (``requires_grad=False``; a trainable module runs plain, so
+no weight gradient is ever dropped), batch norm must be in eval mode, and the lean backward is
+not itself differentiable (double backward, e.g. a gradient penalty through the loss, needs
+the plain path). Everything else falls back to the plain module, so any ``nn.Sequential``
+runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "LeanPlan",
+    "build_plan",
+    "lean_forward",
+    "pack_mask",
+    "unpack_mask",
+]
+
+_BIT_WEIGHTS_CACHE: dict[torch.device, Tensor] = {}
+
+
+def _bit_weights(device: torch.device) -> Tensor:
+    """``[1, 2, 4, ..., 128]`` as uint8 on ``device`` (cached)."""
+    weights = _BIT_WEIGHTS_CACHE.get(device)
+    if weights is None:
+        weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+        _BIT_WEIGHTS_CACHE[device] = weights
+    return weights
+
+
+def _memory_order(t: Tensor) -> tuple[Tensor, bool]:
+    """A view of ``t`` whose logical order is its memory order, and whether it was permuted."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        return t.permute(0, 2, 3, 1), True
+    return t.contiguous(), False
+
+
+def pack_mask(mask: Tensor) -> tuple[Tensor, torch.Size, bool]:
+    """Pack a boolean tensor into bits, eight elements per byte.
+
+    Args:
+        mask: Boolean tensor of any shape, contiguous or ``channels_last``.
+
+    Returns:
+        ``(packed, shape, permuted)``: ``packed`` is a 1-D ``torch.uint8`` tensor of
+        ``ceil(mask.numel() / 8)`` bytes; pass all three to :func:`unpack_mask`.
+
+    Raises:
+        TypeError: If ``mask`` is not boolean.
+    """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"pack_mask expects a torch.bool tensor, got {mask.dtype}")
+    ordered, permuted = _memory_order(mask)
+    flat = ordered.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    as_bytes = flat.view(-1, 8).view(torch.uint8)
+    packed = (as_bytes * _bit_weights(mask.device)).sum(dim=1, dtype=torch.uint8)
+    return packed, ordered.shape, permuted
+
+
+def unpack_mask(packed: Tensor, shape: torch.Size, permuted: bool) -> Tensor:
+    """Inverse of :func:`pack_mask`: the boolean tensor, in its original memory format."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    bits = (packed.unsqueeze(1) & _bit_weights(packed.device)).ne(0).view(-1)[:numel]
+    mask = bits.view(shape)
+    return mask.permute(0, 3, 1, 2) if permuted else mask
+
+
+# --------------------------------------------------------------------------------------------
+# Conv2d -> [BatchNorm2d] -> [ReLU]
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ConvGeometry:
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast would run a convolution in on this device, or ``None``."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _ConvBnReLU(torch.autograd.Function):
+    """``relu(bn(conv(x)))`` with each stage optional; saves a mask and the frozen scales.
+
+    Returns the last stage's output, and also the output before the ReLU when ``keep_pre``
+    (a pre-activation tap such as ``conv3_3`` needs it; both then receive gradients).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        geometry: _ConvGeometry | None,
+        bn: tuple[Tensor, Tensor | None, Tensor | None, Tensor, float] | None,
+        relu: bool,
+        keep_pre: bool,
+        bits: bool,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        cast_dtype = _autocast_dtype(x.device.type) if weight is not None else None
+        ctx.input_dtype = x.dtype
+        ctx.input_shape = x.shape
+        ctx.geometry = geometry
+        ctx.cast_dtype = cast_dtype
+        ctx.relu = relu
+        ctx.keep_pre = keep_pre
+        ctx.bits = bits
+        out = x
+        if weight is not None and geometry is not None:
+            # Same call as nn.Conv2d; under autocast the kernel sees the same casted operands.
+            out = F.conv2d(out, weight, bias, geometry.stride, geometry.padding,
+                           geometry.dilation, geometry.groups)
+        bn_saved: tuple[Tensor | None, ...] = (None, None, None)
+        ctx.eps = 0.0
+        if bn is not None:
+            running_mean, bn_weight, bn_bias, running_var, eps = bn
+            out = F.batch_norm(out, running_mean, running_var, bn_weight, bn_bias,
+                               training=False, momentum=0.0, eps=eps)
+            bn_saved = (bn_weight, running_mean, running_var)
+            ctx.eps = eps
+            ctx.bn_input_shape = out.shape
+        pre = out
+        saved_mask: tuple[Tensor, ...] = ()
+        if relu:
+            out = torch.relu(pre)
+            positive = out > 0
+            if bits:
+                packed, shape, permuted = pack_mask(positive)
+                ctx.mask_layout = (shape, permuted)
+                saved_mask = (packed,)
+            else:
+                saved_mask = (positive,)
+        ctx.has_bn = bn is not None
+        ctx.save_for_backward(weight, *bn_saved, *saved_mask)
+        if keep_pre:
+            return pre, out
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        weight, bn_weight, running_mean, running_var, *mask_saved = ctx.saved_tensors
+        if ctx.keep_pre:
+            grad_pre, grad_out = grads
+        else:
+            grad_pre, (grad_out,) = None, grads
+        grad = grad_out
+        if ctx.relu and grad is not None:
+            if ctx.bits:
+                positive = unpack_mask(mask_saved[0], *ctx.mask_layout)
+            else:
+                positive = mask_saved[0]
+            grad = grad.masked_fill(positive.logical_not(), 0)
+        if grad_pre is not None:
+            grad = grad_pre if grad is None else grad + grad_pre
+        if grad is None:
+            return (None,) * 8
+        if ctx.has_bn:
+            # Eval-mode batch norm: the input gradient is grad * weight / sqrt(var + eps);
+            # the ATen kernel reads only the input's shape for it, as for the convolution.
+            shape_only = grad.new_empty(()).expand(ctx.bn_input_shape)
+            grad = torch.ops.aten.native_batch_norm_backward(
+                grad, shape_only, bn_weight, running_mean, running_var, None, None, False,
+                ctx.eps, [True, False, False],
+            )[0]
+        if weight is not None:
+            geometry: _ConvGeometry = ctx.geometry
+            if ctx.cast_dtype is not None:
+                weight = weight.to(ctx.cast_dtype)
+                grad = grad.to(ctx.cast_dtype)
+            else:
+                grad = grad.to(weight.dtype)
+            # Only the shape (and memory format) of the input matters for its gradient.
+            shape_only = grad.new_empty(()).expand(ctx.input_shape)
+            grad = torch.ops.aten.convolution_backward(
+                grad, shape_only, weight, None, list(geometry.stride), list(geometry.padding),
+                list(geometry.dilation), False, [0, 0], geometry.groups, [True, False, False],
+            )[0]
+        if grad.dtype != ctx.input_dtype:
+            grad = grad.to(ctx.input_dtype)
+        return (grad,) + (None,) * 7
+
+
+# --------------------------------------------------------------------------------------------
+# MaxPool2d with a uint8 window position
+# --------------------------------------------------------------------------------------------
+
+
+class _MaxPoolPosition(torch.autograd.Function):
+    """``max_pool2d`` that saves the winner's position inside its window as ``torch.uint8``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+    ) -> Tensor:
+        out, indices = F.max_pool2d(x, kernel, stride, return_indices=True)
+        width = x.shape[-1]
+        base = _window_origins(out.shape[-2:], stride, width, x.device)
+        delta = indices - base
+        row = torch.div(delta, width, rounding_mode="floor")
+        position = (row * kernel[1] + (delta - row * width)).to(torch.uint8)
+        ctx.kernel, ctx.stride = kernel, stride
+        ctx.input_shape = x.shape
+        ctx.channels_last = (x.dim() == 4 and not x.is_contiguous()
+                             and x.is_contiguous(memory_format=torch.channels_last))
+        ctx.save_for_backward(position)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        (position,) = ctx.saved_tensors
+        kernel, stride = ctx.kernel, ctx.stride
+        height, width = ctx.input_shape[-2:]
+        out_h, out_w = grad.shape[-2:]
+        if kernel == stride:
+            # Windows do not overlap: write each of the k*k offsets with a strided slice.
+            memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+            grad_input = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device,
+                                     memory_format=memory_format).zero_()
+            zero = grad.new_zeros(())
+            for dy in range(kernel[0]):
+                for dx in range(kernel[1]):
+                    target = grad_input[..., dy:out_h * stride[0]:stride[0],
+                                        dx:out_w * stride[1]:stride[1]]
+                    target.copy_(torch.where(position == dy * kernel[1] + dx, grad, zero))
+            return grad_input, None, None
+        # Overlapping windows: rebuild the flat indices and use the plain backward kernel.
+        base = _window_origins((out_h, out_w), stride, width, grad.device)
+        position = position.to(torch.int64)
+        row = torch.div(position, kernel[1], rounding_mode="floor")
+        indices = base + row * width + (position - row * kernel[1])
+        shape_only = grad.new_empty(()).expand(ctx.input_shape)
+        grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, shape_only, list(kernel), list(stride), [0, 0], [1, 1], False, indices
+        )
+        if ctx.channels_last:
+            grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+        del height
+        return grad_input, None, None
+
+
+def _window_origins(out_hw: Sequence[int], stride: tuple[int, int], width: int,
+                    device: torch.device) -> Tensor:
+    """Flat index ``h * width + w`` of each pooling window's top-left input element."""
+    rows = torch.arange(out_hw[0], device=device) * (stride[0] * width)
+    cols = torch.arange(out_hw[1], device=device) * stride[1]
+    return rows.view(-1, 1) + cols.view(1, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which modules fuse, which run plain
+# --------------------------------------------------------------------------------------------
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) == 1:
+        return (int(value[0]), int(value[0]))
+    return (int(value[0]), int(value[1]))
+
+
+def _frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def _lean_conv(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward
+            and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and _frozen(module))
+
+
+def _lean_bn(module: nn.Module) -> bool:
+    return (isinstance(module, nn.BatchNorm2d) and type(module).forward is nn.BatchNorm2d.forward
+            and not module.training and module.running_mean is not None
+            and module.running_var is not None and _frozen(module))
+
+
+def _lean_relu(module: nn.Module) -> bool:
+    return isinstance(module, nn.ReLU) and type(module).forward is nn.ReLU.forward
+
+
+def _lean_pool(module: nn.Module) -> bool:
+    if not (isinstance(module, nn.MaxPool2d) and type(module).forward is nn.MaxPool2d.forward):
+        return False
+    kernel = _pair(module.kernel_size)
+    stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+    return (_pair(module.padding) == (0, 0) and _pair(module.dilation) == (1, 1)
+            and not module.ceil_mode and not module.return_indices
+            and kernel[0] * kernel[1] <= 256 and stride[0] <= kernel[0]
+            and stride[1] <= kernel[1])
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Modules ``first..last`` (inclusive) run as one step.
+
+    ``kind`` is ``"fused"`` (conv/bn/relu), ``"pool"`` or ``"plain"``; ``taps`` are the
+    module indices in this step whose outputs the caller wants.
+    """
+
+    kind: str
+    first: int
+    last: int
+    conv: int | None = None
+    bn: int | None = None
+    relu: int | None = None
+    keep_pre: bool = False
+
+
+@dataclass(frozen=True)
+class LeanPlan:
+    """How :func:`lean_forward` runs a sequence of modules; build it with :func:`build_plan`.
+
+    Attributes:
+        steps: The fused and plain steps, in order.
+        keep: Indices of the modules whose outputs are returned.
+        bits: Whether ReLU masks are packed eight to a byte (else one ``bool`` per element).
+    """
+
+    steps: tuple[_Step, ...]
+    keep: frozenset[int]
+    bits: bool
+
+    def describe(self) -> list[str]:
+        """One line per step, e.g. ``"fused 0..1 (conv, relu)"``, for logs and tests."""
+        lines = []
+        for step in self.steps:
+            parts = [name for name, index in (("conv", step.conv), ("bn", step.bn),
+                                              ("relu", step.relu)) if index is not None]
+            detail = f" ({', '.join(parts)}{', keep_pre' if step.keep_pre else ''})"
+            lines.append(f"{step.kind} {step.first}..{step.last}"
+                         + (detail if step.kind == "fused" else ""))
+        return lines
+
+
+def build_plan(modules: Sequence[nn.Module], keep: Collection[int], *,
+               bits: bool = False) -> LeanPlan:
+    """Group a sequence of modules into lean steps.
+
+    ``Conv2d``, an eval-mode ``BatchNorm2d`` and ``ReLU`` that follow each other fuse into one
+    step as long as no output in the middle of the group is wanted, except the output right
+    before the ReLU (a pre-activation tap), which the fused step can return too. Max-pools get
+    a uint8 window position. Anything else runs as the plain module.
+
+    Args:
+        modules: The trunk, e.g. an ``nn.Sequential`` of VGG ``features``.
+        keep: Indices into ``modules`` whose outputs :func:`lean_forward` must return. Modules
+            after the largest index are never run.
+        bits: Pack ReLU masks eight to a byte (8x less mask memory, a little more time).
+
+    Returns:
+        A :class:`LeanPlan`.
+
+    Raises:
+        ValueError: If ``keep`` is empty or names an index outside ``modules``.
+    """
+    keep_set = frozenset(int(i) for i in keep)
+    if not keep_set:
+        raise ValueError("build_plan needs at least one module index in `keep`, got none")
+    bad = sorted(i for i in keep_set if not 0 <= i < len(modules))
+    if bad:
+        raise ValueError(
+            f"build_plan: indices {bad} are outside the {len(modules)} modules given; "
+            f"pass indices in 0..{len(modules) - 1}"
+        )
+    stop = max(keep_set)
+    steps: list[_Step] = []
+    i = 0
+    while i <= stop:
+        module = modules[i]
+        if _lean_conv(module) or _lean_bn(module):
+            conv = bn = None
+            j = i
+            if _lean_conv(module):
+                conv = j
+                if j not in keep_set and j < stop and _lean_bn(modules[j + 1]):
+                    j += 1
+                    bn = j
+            else:
+                bn = j
+            if j < stop and _lean_relu(modules[j + 1]):
+                steps.append(_Step("fused", i, j + 1, conv=conv, bn=bn, relu=j + 1,
+                                   keep_pre=j in keep_set))
+                i = j + 2
+            else:
+                steps.append(_Step("fused", i, j, conv=conv, bn=bn))
+                i = j + 1
+        elif _lean_relu(module):
+            steps.append(_Step("fused", i, i, relu=i))
+            i += 1
+        elif _lean_pool(module):
+            steps.append(_Step("pool", i, i))
+            i += 1
+        else:
+            steps.append(_Step("plain", i, i))
+            i += 1
+    return LeanPlan(steps=tuple(steps), keep=keep_set, bits=bits)
+
+
+def _run_fused(step: _Step, modules: Sequence[nn.Module], x: Tensor,
+               bits: bool) -> tuple[Tensor | None, Tensor]:
+    """Run one fused step; returns ``(pre_relu_or_None, out)``."""
+    weight = bias = None
+    geometry = None
+    if step.conv is not None:
+        conv = modules[step.conv]
+        assert isinstance(conv, nn.Conv2d)
+        weight, bias = conv.weight, conv.bias
+        geometry = _ConvGeometry(_pair(conv.stride), _pair(conv.padding),  # type: ignore[arg-type]
+                                 _pair(conv.dilation), conv.groups)
+    bn_args = None
+    if step.bn is not None:
+        bn = modules[step.bn]
+        assert isinstance(bn, nn.BatchNorm2d)
+        assert bn.running_mean is not None and bn.running_var is not None
+        bn_args = (bn.running_mean, bn.weight, bn.bias, bn.running_var, float(bn.eps))
+    result = _ConvBnReLU.apply(x, weight, bias, geometry, bn_args, step.relu is not None,
+                               step.keep_pre, bits)
+    if step.keep_pre:
+        pre, out = result
+        return pre, out
+    return None, result
+
+
+def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan) -> dict[int, Tensor]:
+    """Run ``modules`` on ``x`` with lean autograd and return the wanted outputs.
+
+    Without autograd (``torch.no_grad()``, or an input and frozen modules that need no
+    gradient) the plain modules run: there is nothing to save.
+
+    Args:
+        modules: The same sequence the plan was built from.
+        x: Input batch ``(N, C, H, W)``, any float dtype, contiguous or ``channels_last``;
+            autocast is honoured exactly as the plain modules honour it.
+        plan: From :func:`build_plan`.
+
+    Returns:
+        ``{module index: output}`` for every index in ``plan.keep``. Values are bit-identical
+        to running the modules one after another (with out-of-place ReLUs where an output is
+        kept, so an in-place ReLU cannot overwrite a kept pre-activation).
+    """
+    outputs: dict[int, Tensor] = {}
+    stop = max(plan.keep)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(p.requires_grad for m in modules[: stop + 1] for p in m.parameters())
+    )
+    for step in plan.steps:
+        if not needs_grad or step.kind == "plain":
+            for index in range(step.first, step.last + 1):
+                module = modules[index]
+                if isinstance(module, nn.ReLU) and index - 1 in plan.keep:
+                    x = torch.relu(x)  # never overwrite a kept output in place
+                else:
+                    x = module(x)
+                if index in plan.keep:
+                    outputs[index] = x
+            continue
+        if step.kind == "fused":
+            pre, x = _run_fused(step, modules, x, plan.bits)
+            if pre is not None:
+                outputs[step.last - 1] = pre
+        else:
+            pool = modules[step.first]
+            assert isinstance(pool, nn.MaxPool2d)
+            kernel = _pair(pool.kernel_size)
+            stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+            x = _MaxPoolPosition.apply(x, kernel, stride)
+        if step.last in plan.keep:
+            outputs[step.last] = x
+    return outputs
