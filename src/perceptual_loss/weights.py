@@ -369,6 +369,8 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
             if "layer_names" in root.attrs:
                 for raw in root.attrs["layer_names"]:
                     name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if name not in root:
+                        continue  # layers without weights may have no group
                     group = root[name]
                     names = [n.decode() if isinstance(n, bytes) else str(n)
                              for n in group.attrs.get("weight_names", [])]
@@ -379,7 +381,7 @@ def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
                     if "vars" in group and len(group["vars"]):
                         keys = sorted(group["vars"], key=int)
                         layers[name] = [np.asarray(group["vars"][k]) for k in keys]
-    except OSError as err:
+    except (OSError, KeyError) as err:
         raise WeightsIntegrityError(
             f"cannot read Keras weights file {path}: {err}. It is corrupt or not HDF5."
         ) from err
