@@ -1,0 +1,621 @@
+"""How alike are two images, or two folders of image pairs.
+
+For each pair this computes, on images in ``[0, 1]``:
+
+- ``mse``: mean squared error over all pixels and channels;
+- ``psnr``: ``10 * log10(1 / mse)`` in dB (``inf`` for identical images);
+- ``ssim``: structural similarity (Gaussian window 11, sigma 1.5, ``data_range=1``, averaged
+  over channels), from ``pytorch_msssim``;
+- ``perceptual``: the :class:`~perceptual_loss.PerceptualLoss` value (each layer's distance a
+  mean over its elements, summed over layers) and ``perceptual/<layer>`` per layer;
+- ``lpips``: the LPIPS distance of :mod:`perceptual_loss.metrics`, when asked for.
+
+Folders are matched by file name without suffix (``a/img01.png`` pairs with ``b/img01.jpg``),
+read with a ``torch.utils.data.DataLoader``, and can be sharded over processes: launched with
+``torchrun --nproc_per_node=K``, each rank scores every K-th pair and rank 0 gathers the results
+and writes the files once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from perceptual_loss.apps.io import list_images, load_image
+
+__all__ = [
+    "ALL_METRICS",
+    "DEFAULT_METRICS",
+    "ImagePairDataset",
+    "ImageScorer",
+    "PairScore",
+    "compare_folders",
+    "compare_images",
+    "match_folders",
+    "parse_metrics",
+    "psnr_from_mse",
+    "summarize",
+    "write_csv",
+    "write_json",
+]
+
+ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips")
+DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
+SSIM_WINDOW = 11
+
+
+def parse_metrics(names: Iterable[str] | None) -> tuple[str, ...]:
+    """Validate metric names; ``None``/empty gives :data:`DEFAULT_METRICS`, ``"all"`` all.
+
+    Args:
+        names: Metric names from :data:`ALL_METRICS`, or ``"all"``.
+
+    Returns:
+        The metrics in the canonical order of :data:`ALL_METRICS`, without duplicates.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the valid ones.
+    """
+    chosen = [name.strip().lower() for name in (names or ()) if name.strip()]
+    if not chosen:
+        return DEFAULT_METRICS
+    if "all" in chosen:
+        return ALL_METRICS
+    unknown = [name for name in chosen if name not in ALL_METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown metric {unknown[0]!r}: choose from {', '.join(ALL_METRICS)} or all"
+        )
+    return tuple(name for name in ALL_METRICS if name in chosen)
+
+
+def psnr_from_mse(mse: torch.Tensor | float, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB from a mean squared error.
+
+    Args:
+        mse: Mean squared error(s), ``>= 0``, of images whose values span ``data_range``.
+        data_range: Peak value minus lowest value (1 for images in ``[0, 1]``).
+
+    Returns:
+        ``10 * log10(data_range**2 / mse)``; ``inf`` where ``mse == 0``.
+    """
+    mse = torch.as_tensor(mse, dtype=torch.float64)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+@dataclass
+class PairScore:
+    """The scores of one image pair.
+
+    Attributes:
+        name: The pair's name (file name without suffix, relative to the folder).
+        path_a: First image (the reference).
+        path_b: Second image (the one judged).
+        height: Image height in pixels.
+        width: Image width in pixels.
+        values: Metric name -> value; per-layer perceptual distances as
+            ``"perceptual/<layer>"``. PSNR is ``inf`` for identical images.
+    """
+
+    name: str
+    path_a: str
+    path_b: str
+    height: int
+    width: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict: name, paths, size, then the values (for CSV and JSON)."""
+        return {
+            "name": self.name,
+            "a": self.path_a,
+            "b": self.path_b,
+            "height": self.height,
+            "width": self.width,
+            **self.values,
+        }
+
+
+class ImageScorer:
+    """Scores batches of image pairs with the chosen metrics; the networks are built once.
+
+    Args:
+        metrics: Names from :data:`ALL_METRICS` (default :data:`DEFAULT_METRICS`).
+        backbone: Backbone of the perceptual distance (``vgg16``, ``vgg19``, ...).
+        layers: Layers of the perceptual distance; ``None`` for the library's default
+            (relu1_2, relu2_2, relu3_3, relu4_3).
+        weights: ``"imagenet"``, ``None`` (random), a checkpoint path or a registry key, for
+            the perceptual backbone. LPIPS uses ImageNet weights for its own trunk, or random
+            ones when ``weights`` is ``None``.
+        criterion: Feature distance of the perceptual term: ``"l1"`` or ``"mse"``.
+        resize: Resize both images to this size before the backbone, or ``None``.
+        lpips_net: LPIPS trunk: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+        tile_size: Evaluate LPIPS in tiles of this size (bounded memory), or ``None``.
+        device: Where the networks run.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] | None = None,
+        *,
+        backbone: str = "vgg16",
+        layers: Sequence[str] | None = None,
+        weights: str | os.PathLike[str] | None = "imagenet",
+        criterion: str = "l1",
+        resize: int | None = None,
+        lpips_net: str = "alex",
+        tile_size: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.metrics = parse_metrics(metrics)
+        self.device = torch.device(device)
+        self.perceptual: torch.nn.Module | None = None
+        self.lpips: torch.nn.Module | None = None
+        self.layers: tuple[str, ...] = ()
+        if "ssim" in self.metrics:
+            try:
+                from pytorch_msssim import ssim
+            except ImportError as error:
+                raise ImportError(
+                    "the ssim metric needs pytorch-msssim: pip install 'perceptual-loss[ssim]' "
+                    "(or leave ssim out with --metric)"
+                ) from error
+            self._ssim = ssim
+        if "perceptual" in self.metrics:
+            from perceptual_loss import DEFAULT_LAYERS, PerceptualLoss
+
+            chosen_layers = tuple(layers) if layers else tuple(DEFAULT_LAYERS)
+            self.perceptual = PerceptualLoss(
+                backbone,
+                layers=chosen_layers,
+                weights=weights,
+                criterion=criterion,
+                resize=resize,
+                reduction="none",
+            ).to(self.device)
+            self.layers = tuple(self.perceptual.extractor.layers)
+        if "lpips" in self.metrics:
+            try:
+                from perceptual_loss.metrics import LPIPS
+            except ImportError as error:
+                raise ImportError(
+                    "the lpips metric is not available in this installation of perceptual-loss"
+                ) from error
+            self.lpips = LPIPS(
+                lpips_net,
+                weights=None if weights is None else "imagenet",
+                reduction="none",
+                tile_size=tile_size,
+            ).to(self.device)
+        self.config: dict[str, Any] = {
+            "metrics": list(self.metrics),
+            "backbone": backbone if self.perceptual is not None else None,
+            "layers": list(self.layers),
+            "weights": "random" if weights is None else str(weights),
+            "criterion": criterion,
+            "resize": resize,
+            "lpips_net": lpips_net if self.lpips is not None else None,
+        }
+
+    def value_names(self) -> list[str]:
+        """Names of the values each pair gets, in output order."""
+        names: list[str] = []
+        for metric in self.metrics:
+            names.append(metric)
+            if metric == "perceptual":
+                names.extend(f"perceptual/{layer}" for layer in self.layers)
+        return names
+
+    @torch.no_grad()
+    def score(self, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Score a batch of pairs.
+
+        Args:
+            image_a: Reference images ``(N, C, H, W)``, float, values in ``[0, 1]``.
+            image_b: Judged images, same shape as ``image_a``.
+
+        Returns:
+            Value name -> ``(N,)`` float64 tensor on the CPU (names from
+            :meth:`value_names`).
+
+        Raises:
+            ValueError: For mismatched shapes, values outside ``[0, 1]``, or images smaller
+                than the SSIM window (11 pixels) when SSIM is asked for.
+        """
+        if image_a.shape != image_b.shape:
+            raise ValueError(
+                f"the two images must have the same shape, got {tuple(image_a.shape)} and "
+                f"{tuple(image_b.shape)}"
+            )
+        if image_a.ndim != 4:
+            raise ValueError(f"expected batches (N, C, H, W), got shape {tuple(image_a.shape)}")
+        image_a = image_a.to(self.device, torch.float32)
+        image_b = image_b.to(self.device, torch.float32)
+        for label, image in (("first", image_a), ("second", image_b)):
+            low, high = float(image.min()), float(image.max())
+            if not (0.0 <= low and high <= 1.0):
+                raise ValueError(
+                    f"the {label} images have values in [{low:.4g}, {high:.4g}], expected [0, 1]"
+                )
+        out: dict[str, torch.Tensor] = {}
+        difference = image_a.double() - image_b.double()
+        mse = difference.pow(2).flatten(1).mean(dim=1)
+        if "mse" in self.metrics:
+            out["mse"] = mse.cpu()
+        if "psnr" in self.metrics:
+            out["psnr"] = psnr_from_mse(mse.cpu())
+        if "ssim" in self.metrics:
+            height, width = image_a.shape[-2:]
+            if min(height, width) < SSIM_WINDOW:
+                raise ValueError(
+                    f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got "
+                    f"{height}x{width}; leave ssim out (e.g. --metric mse,psnr,perceptual)"
+                )
+            ssim_value = self._ssim(
+                image_a, image_b, data_range=1.0, size_average=False, win_size=SSIM_WINDOW
+            )
+            out["ssim"] = ssim_value.double().cpu()
+        if self.perceptual is not None:
+            total, parts = self.perceptual(image_b, image_a, return_parts=True)
+            out["perceptual"] = total.double().cpu()
+            for layer in self.layers:
+                out[f"perceptual/{layer}"] = parts[f"content/{layer}"].double().cpu()
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(image_b, image_a).double().cpu()
+        return {name: out[name] for name in self.value_names()}
+
+
+def _pair_channels(image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Repeat a 1-channel image to 3 channels when its partner is RGB."""
+    if image_a.shape[0] == 1 and image_b.shape[0] == 3:
+        image_a = image_a.expand(3, -1, -1)
+    elif image_b.shape[0] == 1 and image_a.shape[0] == 3:
+        image_b = image_b.expand(3, -1, -1)
+    return image_a, image_b
+
+
+def load_pair(path_a: str | Path, path_b: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read two images as ``(C, H, W)`` in ``[0, 1]`` with the same channel count.
+
+    Raises:
+        ValueError: When the two images differ in size (the message gives both sizes).
+    """
+    image_a, image_b = _pair_channels(load_image(path_a), load_image(path_b))
+    if image_a.shape[-2:] != image_b.shape[-2:]:
+        raise ValueError(
+            f"{path_a} is {image_a.shape[-1]}x{image_a.shape[-2]} pixels but {path_b} is "
+            f"{image_b.shape[-1]}x{image_b.shape[-2]} (width x height); compare images of the "
+            "same size"
+        )
+    return image_a, image_b
+
+
+def _stem_key(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
+def match_folders(
+    folder_a: str | Path, folder_b: str | Path, recursive: bool = False
+) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Pair the images of two folders by file name without suffix.
+
+    Args:
+        folder_a: Folder of reference images.
+        folder_b: Folder of images to judge.
+        recursive: Also match files in subfolders (by relative path).
+
+    Returns:
+        ``(pairs, only_in_a, only_in_b)``: ``pairs`` is a sorted list of
+        ``(name, path_a, path_b)``; the other two list names that have no partner.
+
+    Raises:
+        FileNotFoundError: When a folder does not exist.
+        ValueError: When a folder holds two images with the same name (``x.png``, ``x.jpg``),
+            or when no pair matches.
+    """
+    folder_a, folder_b = Path(folder_a), Path(folder_b)
+    indexed: list[dict[str, Path]] = []
+    for folder in (folder_a, folder_b):
+        by_name: dict[str, Path] = {}
+        for path in list_images(folder, recursive=recursive):
+            key = _stem_key(path, folder)
+            if key in by_name:
+                raise ValueError(
+                    f"{folder} holds two images named {key!r} ({by_name[key].name} and "
+                    f"{path.name}); pairs are matched by name, so keep one"
+                )
+            by_name[key] = path
+        if not by_name:
+            raise ValueError(f"no images found in {folder}")
+        indexed.append(by_name)
+    names_a, names_b = indexed
+    common = sorted(set(names_a) & set(names_b))
+    if not common:
+        raise ValueError(
+            f"no file names match between {folder_a} ({len(names_a)} images) and {folder_b} "
+            f"({len(names_b)} images); pairs are matched by name without suffix"
+        )
+    pairs = [(name, names_a[name], names_b[name]) for name in common]
+    return pairs, sorted(set(names_a) - set(names_b)), sorted(set(names_b) - set(names_a))
+
+
+class ImagePairDataset(Dataset):
+    """Pairs of images read from disk, for a ``DataLoader``.
+
+    Args:
+        pairs: ``(name, path_a, path_b)`` triples, e.g. from :func:`match_folders`.
+
+    Each item is ``(index, image_a, image_b)`` with images ``(C, H, W)`` in ``[0, 1]``.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, Path, Path]]) -> None:
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        _, path_a, path_b = self.pairs[index]
+        image_a, image_b = load_pair(path_a, path_b)
+        return index, image_a, image_b
+
+
+def _keep_list(
+    batch: list[tuple[int, torch.Tensor, torch.Tensor]],
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Collate: keep the items as a list (images of different sizes cannot be stacked)."""
+    return batch
+
+
+def _same_shape_groups(
+    items: list[tuple[int, torch.Tensor, torch.Tensor]],
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Stack the items of a batch that share a shape; yields (indices, batch_a, batch_b)."""
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    for item in items:
+        groups.setdefault(tuple(item[1].shape), []).append(item)
+    for group in groups.values():
+        yield (
+            [index for index, _, _ in group],
+            torch.stack([a for _, a, _ in group]),
+            torch.stack([b for _, _, b in group]),
+        )
+
+
+def compare_images(
+    path_a: str | Path, path_b: str | Path, scorer: ImageScorer, name: str | None = None
+) -> PairScore:
+    """Score one pair of image files.
+
+    Args:
+        path_a: Reference image.
+        path_b: Image to judge; same size as ``path_a``.
+        scorer: The metrics to compute.
+        name: Name of the pair (default: the file name of ``path_b`` without suffix).
+
+    Returns:
+        The pair's scores.
+    """
+    image_a, image_b = load_pair(path_a, path_b)
+    values = scorer.score(image_a[None], image_b[None])
+    return PairScore(
+        name=name if name is not None else Path(path_b).stem,
+        path_a=str(path_a),
+        path_b=str(path_b),
+        height=int(image_a.shape[-2]),
+        width=int(image_a.shape[-1]),
+        values={key: float(value[0]) for key, value in values.items()},
+    )
+
+
+def _distributed_context(device: torch.device) -> tuple[int, int, bool]:
+    """``(rank, world_size, created)``: join the ``torchrun`` process group if launched so."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or not dist.is_available():
+        return 0, 1, False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def compare_folders(
+    folder_a: str | Path,
+    folder_b: str | Path,
+    scorer: ImageScorer,
+    *,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    recursive: bool = False,
+    progress: bool = True,
+) -> tuple[list[PairScore], list[str], list[str]] | None:
+    """Score every pair of two folders (matched by name), sharded under ``torchrun``.
+
+    Args:
+        folder_a: Folder of reference images.
+        folder_b: Folder of images to judge.
+        scorer: The metrics to compute (built once per process).
+        batch_size: Pairs per batch; pairs of equal size in a batch go through the networks
+            together.
+        num_workers: ``DataLoader`` worker processes reading the images.
+        recursive: Also match files in subfolders.
+        progress: Show a progress bar on stderr (rank 0 only).
+
+    Returns:
+        On rank 0 (and without ``torchrun``): ``(scores, only_in_a, only_in_b)`` with the
+        scores in name order. On the other ranks: ``None``.
+
+    Raises:
+        ValueError: For ``batch_size < 1`` or ``num_workers < 0``, and the errors of
+            :func:`match_folders` and :meth:`ImageScorer.score`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    pairs, only_a, only_b = match_folders(folder_a, folder_b, recursive=recursive)
+    rank, world_size, created = _distributed_context(scorer.device)
+    try:
+        shard = list(range(rank, len(pairs), world_size))
+        dataset = ImagePairDataset(pairs)
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, shard),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_keep_list,
+        )
+        bar = _progress(len(pairs), enabled=progress and rank == 0)
+        local: list[PairScore] = []
+        for items in loader:
+            for indices, batch_a, batch_b in _same_shape_groups(items):
+                try:
+                    values = scorer.score(batch_a, batch_b)
+                except ValueError as error:
+                    names = ", ".join(pairs[i][0] for i in indices)
+                    raise ValueError(f"pair {names}: {error}") from error
+                for row, index in enumerate(indices):
+                    name, path_a, path_b = pairs[index]
+                    local.append(
+                        PairScore(
+                            name=name,
+                            path_a=str(path_a),
+                            path_b=str(path_b),
+                            height=int(batch_a.shape[-2]),
+                            width=int(batch_a.shape[-1]),
+                            values={key: float(value[row]) for key, value in values.items()},
+                        )
+                    )
+            if bar is not None:
+                bar.update(len(items) * world_size)
+        if bar is not None:
+            bar.close()
+        gathered = _gather(local, rank, world_size)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if gathered is None:
+        return None
+    order = {name: position for position, (name, _, _) in enumerate(pairs)}
+    gathered.sort(key=lambda score: order[score.name])
+    return gathered, only_a, only_b
+
+
+def _gather(local: list[PairScore], rank: int, world_size: int) -> list[PairScore] | None:
+    """Collect every rank's scores on rank 0 (others get None)."""
+    if world_size == 1:
+        return local
+    import torch.distributed as dist
+
+    received: list[list[PairScore] | None] | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(local, received, dst=0)
+    if rank != 0 or received is None:
+        return None
+    return [score for part in received if part for score in part]
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="pair", desc="comparing", file=sys.stderr, leave=False)
+
+
+def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:
+    """Mean of each value over the pairs.
+
+    PSNR is averaged over the pairs where it is finite (identical pairs have infinite PSNR);
+    it is ``inf`` when every pair is identical.
+
+    Args:
+        scores: Scores of the pairs.
+
+    Returns:
+        Value name -> mean.
+    """
+    if not scores:
+        return {}
+    summary: dict[str, float | None] = {}
+    for key in scores[0].values:
+        values = [score.values[key] for score in scores]
+        finite = [value for value in values if math.isfinite(value)]
+        if key == "psnr":
+            summary[key] = sum(finite) / len(finite) if finite else math.inf
+        else:
+            summary[key] = sum(values) / len(values)
+    return summary
+
+
+def _json_number(value: Any) -> Any:
+    """Infinite PSNR is written as the string "inf" (JSON has no infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return value
+
+
+def write_json(
+    path: str | Path,
+    scores: Sequence[PairScore],
+    config: dict[str, Any],
+    only_in_a: Sequence[str] = (),
+    only_in_b: Sequence[str] = (),
+) -> Path:
+    """Write scores, their means, the settings and unmatched names as JSON.
+
+    The document is ``{"config": ..., "summary": {value: mean}, "pairs": [row, ...],
+    "unmatched": {"only_in_a": [...], "only_in_b": [...]}}``; an infinite PSNR is ``"inf"``.
+
+    Returns:
+        The written path.
+    """
+    document = {
+        "config": config,
+        "summary": {key: _json_number(value) for key, value in summarize(scores).items()},
+        "pairs": [
+            {key: _json_number(value) for key, value in score.row().items()} for score in scores
+        ],
+        "unmatched": {"only_in_a": list(only_in_a), "only_in_b": list(only_in_b)},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path: str | Path, scores: Sequence[PairScore]) -> Path:
+    """Write one row per pair: name, a, b, height, width, then the values (``inf`` as text).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: When ``scores`` is empty.
+    """
+    if not scores:
+        raise ValueError("no scores to write")
+    rows = [score.row() for score in scores]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

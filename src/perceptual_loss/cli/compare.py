@@ -1,0 +1,265 @@
+"""``perceptual compare A B``: how alike two images, or two folders of image pairs, are."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from perceptual_loss.cli._common import (
+    PerceptualCommand,
+    backbone_option,
+    device_option,
+    layers_option,
+    parse_name_list,
+    weights_option,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from perceptual_loss.apps.compare import PairScore
+
+__all__ = ["compare"]
+
+
+def _format(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if name == "psnr":
+        return f"{value:.2f}"
+    if name == "ssim":
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from perceptual_loss.apps.compare import summarize
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    headers = {"psnr": "psnr (dB)"}
+    if not folder_mode:
+        score = scores[0]
+        table = Table(title=f"{score.path_a}  vs  {score.path_b}  ({score.width}x{score.height})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name in value_names:
+            label = headers.get(name, name)
+            if name.startswith("perceptual/"):
+                label = "  " + name
+            table.add_row(label, _format(name, score.values[name]))
+        console.print(table)
+        return
+    table = Table(title=f"{len(scores)} pairs")
+    table.add_column("name", overflow="fold")
+    for name in value_names:
+        table.add_column(headers.get(name, name.removeprefix("perceptual/")), justify="right")
+    for score in scores:
+        table.add_row(score.name, *(_format(name, score.values[name]) for name in value_names))
+    summary = summarize(scores)
+    table.add_section()
+    table.add_row("mean", *(_format(name, summary.get(name)) for name in value_names))
+    console.print(table)
+
+
+@click.command(cls=PerceptualCommand)
+@click.argument("path_a", metavar="A", type=click.Path(exists=True, path_type=Path))
+@click.argument("path_b", metavar="B", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    metavar="NAMES",
+    help="Metrics, comma-separated or repeated: mse, psnr, ssim, perceptual, lpips, or all. "
+    "Default: mse,psnr,ssim,perceptual.",
+)
+@backbone_option
+@layers_option
+@weights_option
+@device_option
+@click.option(
+    "--criterion",
+    type=click.Choice(["l1", "mse"]),
+    default="l1",
+    show_default=True,
+    help="Distance between feature maps in the perceptual metric.",
+)
+@click.option(
+    "--resize",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Resize both images to this size before the backbone (the perceptual metric only).",
+)
+@click.option(
+    "--lpips-net",
+    type=click.Choice(["alex", "vgg", "squeeze"]),
+    default="alex",
+    show_default=True,
+    help="Trunk of the lpips metric.",
+)
+@click.option(
+    "--tile-size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="Evaluate lpips in tiles of this many pixels a side (bounded memory on large images).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    default=None,
+    help="Write the scores as JSON to this file ('-' for stdout, instead of the table).",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    default=None,
+    help="Write one CSV row per pair to this file ('-' for stdout, instead of the table).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Folders: pairs per batch (pairs of equal size go through the network together).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Folders: DataLoader worker processes reading images.",
+)
+@click.option("--recursive", is_flag=True, help="Folders: also match images in subfolders.")
+@click.option("--no-progress", is_flag=True, help="Folders: no progress bar.")
+def compare(
+    path_a: Path,
+    path_b: Path,
+    metrics: tuple[str, ...],
+    backbone: str,
+    layers: tuple[str, ...] | None,
+    weights: str | Path | None,
+    device: torch.device,
+    criterion: str,
+    resize: int | None,
+    lpips_net: str,
+    tile_size: int | None,
+    json_path: Path | None,
+    csv_path: Path | None,
+    batch_size: int,
+    workers: int,
+    recursive: bool,
+    no_progress: bool,
+) -> None:
+    r"""Compare image A with image B, or every image of folder A with its namesake in B.
+
+    Prints MSE, PSNR (dB), SSIM and the perceptual distance (total and per layer) as a table;
+    --json and --csv write them to files. Folder pairs are matched by file name without
+    suffix (a/x.png with b/x.jpg). Launched with `torchrun --nproc_per_node=K perceptual
+    compare DIR_A DIR_B ...`, each process scores every K-th pair and the first process
+    writes the results.
+
+    \b
+    Examples:
+      perceptual compare ref.png out.png
+      perceptual compare refs/ outputs/ --json scores.json --csv scores.csv
+      perceptual compare a.png b.png --metric mse,lpips --weights random
+    """
+    from perceptual_loss.apps.compare import (
+        ImageScorer,
+        compare_folders,
+        compare_images,
+        parse_metrics,
+        write_csv,
+        write_json,
+    )
+
+    if path_a.is_dir() != path_b.is_dir():
+        kinds = ("folder" if path_a.is_dir() else "file", "folder" if path_b.is_dir() else "file")
+        raise click.UsageError(
+            f"A is a {kinds[0]} but B is a {kinds[1]}: compare two files or two folders"
+        )
+    if json_path is not None and csv_path is not None and str(json_path) == str(csv_path) == "-":
+        raise click.UsageError("--json - and --csv - both write to stdout; choose one")
+    chosen = parse_metrics(parse_name_list(metrics))
+    rank = int(os.environ.get("RANK", "0"))
+    if weights is None and ("perceptual" in chosen or "lpips" in chosen) and rank == 0:
+        click.echo(
+            "Warning: --weights random: the perceptual and lpips values come from an untrained "
+            "network and do not measure perceptual similarity.",
+            err=True,
+        )
+    scorer = ImageScorer(
+        chosen,
+        backbone=backbone,
+        layers=layers,
+        weights=weights,
+        criterion=criterion,
+        resize=resize,
+        lpips_net=lpips_net,
+        tile_size=tile_size,
+        device=device,
+    )
+    folder_mode = path_a.is_dir()
+    only_a: list[str] = []
+    only_b: list[str] = []
+    if folder_mode:
+        result = compare_folders(
+            path_a,
+            path_b,
+            scorer,
+            batch_size=batch_size,
+            num_workers=workers,
+            recursive=recursive,
+            progress=not no_progress,
+        )
+        if result is None:  # a torchrun rank other than 0: rank 0 reports
+            return
+        scores, only_a, only_b = result
+        for side, names in (("A", only_a), ("B", only_b)):
+            if names:
+                shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                click.echo(
+                    f"Warning: {len(names)} image(s) only in {side} were skipped: {shown}",
+                    err=True,
+                )
+    else:
+        scores = [compare_images(path_a, path_b, scorer)]
+
+    config = {**scorer.config, "a": str(path_a), "b": str(path_b), "device": str(device)}
+    to_stdout = False
+    if json_path is not None:
+        if str(json_path) == "-":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                written = write_json(Path(scratch) / "scores.json", scores, config, only_a, only_b)
+                click.echo(written.read_text(encoding="utf-8"), nl=False)
+            to_stdout = True
+        else:
+            write_json(json_path, scores, config, only_a, only_b)
+    if csv_path is not None:
+        if str(csv_path) == "-":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                written = write_csv(Path(scratch) / "scores.csv", scores)
+                click.echo(written.read_text(encoding="utf-8"), nl=False)
+            to_stdout = True
+        else:
+            write_csv(csv_path, scores)
+    if not to_stdout:
+        _print_table(scores, scorer.value_names(), folder_mode)
+        for label, written_path in (("JSON", json_path), ("CSV", csv_path)):
+            if written_path is not None:
+                click.echo(f"{label} written to {written_path}", err=True)
