@@ -1,0 +1,251 @@
+"""Channels-last feature extraction for Keras: preprocessing plus the frozen Keras trunk.
+
+Built from the PyTorch :class:`perceptual_loss.FeatureExtractor` with the same arguments, so
+layer names, weights, value range, channel handling, normalisation and resize are resolved
+and validated by one piece of code for both front ends; only the computation is Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from perceptual_loss.extractor import DEFAULT_LAYERS
+from perceptual_loss.extractor import FeatureExtractor as TorchFeatureExtractor
+from perceptual_loss.keras._compat import import_keras
+from perceptual_loss.keras.backbone import keras_trunk
+from perceptual_loss.preprocess import ChannelMode, Normalization
+
+keras = import_keras()
+ops = keras.ops
+
+__all__ = ["FeatureExtractor", "concrete_min_max"]
+
+Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
+
+#: Values this far outside the declared range (as a fraction of its span) are still accepted,
+#: the same tolerance as the PyTorch side.
+RANGE_TOLERANCE = 1e-3
+
+
+class FeatureExtractor:
+    """Frozen backbone, cut after the deepest requested layer, for channels-last images.
+
+    Calling it maps ``(N, H, W, C)`` images in ``input_range`` to ``{layer: feature map}``
+    with Keras ops only, on whichever Keras backend is active. The backbone is a
+    non-trainable ``keras.Model`` (:attr:`model`); gradients flow to the input.
+
+    Args:
+        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``).
+        layers: Layers to return, by our names (``relu3_3``, ``conv5_4``, ``pool2``) or Keras
+            names (``block3_conv3``, ``block3_pool``). Order is kept; duplicates are dropped.
+        weights: ``"imagenet"`` (the torchvision file), ``"keras-imagenet"`` (the Keras
+            Applications "notop" file of VGG16/VGG19, with its Caffe preprocessing), a
+            registry key, a path to a ``.pth``/``.h5`` file, or ``None`` for random weights
+            (only when asked for).
+        input_range: ``(low, high)`` of the images, e.g. ``(0, 1)``, ``(-1, 1)``, ``(0, 255)``.
+        channel_mode: ``"repeat"`` (1 channel repeated to 3, 3 pass through) or
+            ``"per_channel"`` (each channel compared as its own grayscale image).
+        resize: Resize (bilinear, no antialiasing) to this size before the backbone, an int
+            or ``(height, width)``; ``None`` keeps the size.
+        normalization: Override the normalisation implied by the weights (``"imagenet"``,
+            ``"caffe"``, ``"lpips"``, ``"none"`` or a ``Normalization``).
+        check_values: Check inputs for NaN/Inf and for values outside ``input_range``. Runs
+            where tensors hold values (eager execution, the torch backend); compiled JAX or
+            TensorFlow steps skip it.
+        progress: Show a progress bar if weights are downloaded.
+
+    Shape:
+        - Input: ``(N, H, W, C)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
+        - Output: ``{layer: (N', H_l, W_l, C_l)}`` with ``N' = N`` (``N * C`` per channel).
+
+    Example:
+        >>> import numpy as np
+        >>> fx = FeatureExtractor("vgg11", layers=("relu1_1", "block2_pool"), weights=None)
+        >>> images = np.random.default_rng(0).random((2, 32, 32, 3), dtype="float32")
+        >>> {name: tuple(f.shape) for name, f in fx(images).items()}
+        {'relu1_1': (2, 32, 32, 64), 'pool2': (2, 8, 8, 128)}
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        weights: str | os.PathLike[str] | None = "imagenet",
+        *,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        channel_mode: ChannelMode = "repeat",
+        resize: int | Sequence[int] | None = None,
+        normalization: str | Normalization | None = None,
+        check_values: bool = True,
+        progress: bool = True,
+    ) -> None:
+        torch_extractor = TorchFeatureExtractor(
+            backbone, layers, weights, input_range=input_range, channel_mode=channel_mode,
+            resize=resize, normalization=normalization, check_values=check_values,
+            progress=progress,
+        )
+        self._init_from_torch(torch_extractor)
+
+    @classmethod
+    def from_torch(cls, extractor: TorchFeatureExtractor) -> FeatureExtractor:
+        """Mirror an existing PyTorch extractor (its weights are copied, not shared)."""
+        self = cls.__new__(cls)
+        self._init_from_torch(extractor)
+        return self
+
+    def _init_from_torch(self, extractor: TorchFeatureExtractor) -> None:
+        self.spec = extractor.spec
+        self.backbone = extractor.spec.name
+        self.layers: tuple[str, ...] = extractor.layers
+        self.input_range: tuple[float, float] = extractor.input_range
+        self.channel_mode: ChannelMode = extractor.channel_mode
+        self.resize: tuple[int, int] | None = extractor.preprocess.resize
+        self.normalization: Normalization = extractor.normalization
+        self.check_values = extractor.check_values
+        self.min_input_size: int = extractor.min_input_size
+        self.weights_source: str = extractor.weights_source
+        # The fused affine map of the PyTorch preprocessor, in channels-last layout, so both
+        # front ends round identically: (flip(x) - shift) / divisor.
+        self._shift = extractor.preprocess.shift.detach().cpu().numpy().reshape(1, 1, 1, 3)
+        self._divisor = extractor.preprocess.divisor.detach().cpu().numpy().reshape(1, 1, 1, 3)
+        self.model = keras_trunk(extractor.body, self.spec.layer_names, self.layers,
+                                 name=f"{self.backbone}_trunk")
+
+    @property
+    def deepest_layer(self) -> str:
+        """The deepest requested layer, where the backbone is cut."""
+        return max(self.layers, key=self.spec.layer_names.index)
+
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        """Feature maps of ``images``; see the class docstring for shapes."""
+        images = ops.convert_to_tensor(images)
+        self.check_input(images)
+        return self.forward_preprocessed(self.preprocess(images))
+
+    def check_input(self, images: Tensor, name: str = "input") -> None:
+        """Validate rank, channel axis, size, dtype and (where possible) values of ``images``.
+
+        Raises:
+            TypeError: Integer or boolean images.
+            ValueError: Wrong rank, channels-first layout, too small, NaN/Inf, or values
+                outside ``input_range``; the message says how to fix it.
+        """
+        shape = tuple(images.shape)
+        if len(shape) != 4:
+            hint = ""
+            if len(shape) == 3:
+                hint = " Add a batch axis, e.g. images[None] or keras.ops.expand_dims(x, 0)."
+            raise ValueError(
+                f"{name} must be a channels-last batch (N, H, W, C); got shape {shape}.{hint}"
+            )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise TypeError(
+                f"{name} has dtype {dtype}; expected floating point. Convert it, e.g. "
+                f"keras.ops.cast(x, 'float32') / 255 for 8-bit images (input_range=(0, 1))."
+            )
+        channels = shape[-1]
+        if self.channel_mode == "repeat" and channels is not None and channels not in (1, 3):
+            if shape[1] in (1, 3):
+                raise ValueError(
+                    f"{name} has shape {shape}, which looks channels-first (N, C, H, W); Keras "
+                    "losses take channels-last images (N, H, W, C). Move the channel axis with "
+                    "keras.ops.transpose(x, (0, 2, 3, 1)) or np.moveaxis(x, 1, -1)."
+                )
+            raise ValueError(
+                f"{name} has {channels} channels (last axis of {shape}); expected 1 "
+                "(grayscale) or 3 (RGB) on the last axis. For RGBA drop alpha (x[..., :3]); "
+                "for other multi-channel images pass channel_mode='per_channel'."
+            )
+        size = self.resize or shape[1:3]
+        if all(s is not None for s in size) and min(size) < self.min_input_size:
+            raise ValueError(
+                f"{name} of size {size[0]}x{size[1]} is too small for layer "
+                f"{self.deepest_layer!r} of {self.backbone}: it needs at least "
+                f"{self.min_input_size}x{self.min_input_size} pixels. Use shallower layers, "
+                "larger images, or resize=..."
+            )
+        if self.check_values:
+            check_range(images, name, self.input_range)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """Map ``(N, H, W, C)`` images in ``input_range`` to normalised ``(N', H', W', 3)``."""
+        x = ops.convert_to_tensor(images)
+        if self.channel_mode == "per_channel":
+            n, h, w, c = ops.shape(x)
+            x = ops.reshape(ops.transpose(x, (0, 3, 1, 2)), (-1, h, w, 1))
+        if x.shape[-1] == 1:
+            x = ops.repeat(x, 3, axis=-1)
+        if self.normalization.bgr:
+            x = ops.flip(x, axis=-1)
+        x = (x - ops.cast(self._shift, x.dtype)) / ops.cast(self._divisor, x.dtype)
+        if self.resize is not None and tuple(x.shape[1:3]) != self.resize:
+            x = ops.image.resize(x, self.resize, interpolation="bilinear", antialias=False,
+                                 data_format="channels_last")
+        return x
+
+    def forward_preprocessed(self, x: Tensor) -> dict[str, Tensor]:
+        """Run the frozen trunk on already preprocessed ``(N, H, W, 3)`` input."""
+        return dict(self.model(x, training=False))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(backbone={self.backbone!r}, layers={self.layers}, "
+                f"weights={self.weights_source!r}, normalization={self.normalization.name!r}, "
+                f"input_range={self.input_range}, channel_mode={self.channel_mode!r}, "
+                f"resize={self.resize})")
+
+
+def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
+    """``(min, max)`` of ``x`` as Python floats, or ``None`` inside a compiled function.
+
+    Values can be read only where the tensor holds them: always on the torch backend, in
+    eager TensorFlow, and for JAX arrays outside ``jax.jit`` tracing.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return None
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return None
+    elif keras.backend.is_keras_tensor(x):
+        return None
+    stats = ops.stack([ops.min(x), ops.max(x)])
+    low, high = (float(v) for v in np.asarray(ops.convert_to_numpy(ops.cast(stats, "float32"))))
+    return low, high
+
+
+def check_range(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
+    """Check that ``x`` is finite and inside ``input_range`` (skipped inside compiled steps).
+
+    Raises:
+        ValueError: NaN or Inf, or values outside the range (with the observed min and max).
+    """
+    observed = concrete_min_max(x)
+    if observed is None:
+        return
+    observed_min, observed_max = observed
+    if np.isnan(observed_min) or np.isnan(observed_max):
+        raise ValueError(f"{name} contains NaN values; check the model that produced it "
+                         "(e.g. its learning rate) or the data.")
+    if np.isinf(observed_min) or np.isinf(observed_max):
+        raise ValueError(f"{name} contains Inf values (observed min {observed_min}, "
+                         f"max {observed_max}).")
+    low, high = input_range
+    slack = RANGE_TOLERANCE * (high - low)
+    if observed_min < low - slack or observed_max > high + slack:
+        raise ValueError(
+            f"{name} has values in [{observed_min:.4g}, {observed_max:.4g}] but "
+            f"input_range=({low:g}, {high:g}) was declared. Declare the range your images "
+            f"use (e.g. input_range=(-1, 1) or (0, 255)), bound the model's output (a final "
+            f"sigmoid for (0, 1), tanh for (-1, 1)) or clip it (keras.ops.clip(x, {low:g}, "
+            f"{high:g})), or pass check_values=False to skip this check."
+        )

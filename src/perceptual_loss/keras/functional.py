@@ -1,0 +1,136 @@
+"""The maths of the losses in backend-agnostic ``keras.ops``, for channels-last tensors.
+
+Each function mirrors its PyTorch namesake in :mod:`perceptual_loss.functional` and returns
+the same values for the same data (feature maps here are ``(N, H, W, C)`` where the PyTorch
+side has ``(N, C, H, W)``). Distances return one value per sample, ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from perceptual_loss.functional import CRITERIA, Criterion
+from perceptual_loss.keras._compat import import_keras
+
+keras = import_keras()
+ops = keras.ops
+
+__all__ = ["feature_distance", "gram_matrix", "normalize_channels", "total_variation"]
+
+Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
+
+
+def _float32(x: Tensor) -> Tensor:
+    """``x`` in at least float32 precision (float64 stays float64)."""
+    return x if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64") \
+        else ops.cast(x, "float32")
+
+
+def gram_matrix(features: Tensor) -> Tensor:
+    """Gram matrices of channels-last feature maps, normalised by ``C * H * W``.
+
+    Computed in float32 (float64 stays float64), whatever the dtype policy: a half-precision
+    product of large activations loses precision or overflows.
+
+    Args:
+        features: ``(N, H, W, C)``.
+
+    Returns:
+        ``(N, C, C)``: ``G[n, i, j] = sum_hw F[n, hw, i] F[n, hw, j] / (C * H * W)``, the same
+        matrix as :func:`perceptual_loss.gram_matrix` of the ``(N, C, H, W)`` layout.
+
+    Raises:
+        ValueError: ``features`` is not 4-dimensional.
+
+    Example:
+        >>> import numpy as np
+        >>> keras.ops.convert_to_numpy(gram_matrix(np.ones((1, 3, 3, 2), "float32"))).tolist()
+        [[[0.5, 0.5], [0.5, 0.5]]]
+
+    References:
+        Gatys et al., "Image Style Transfer Using Convolutional Neural Networks", CVPR 2016.
+        Johnson et al., "Perceptual Losses for Real-Time Style Transfer and
+        Super-Resolution", ECCV 2016 (the ``C * H * W`` normalisation).
+    """
+    features = ops.convert_to_tensor(features)
+    if len(features.shape) != 4:
+        raise ValueError(
+            f"gram_matrix expects channels-last feature maps (N, H, W, C); got shape "
+            f"{tuple(features.shape)}"
+        )
+    _, h, w, c = ops.shape(features)
+    flat = ops.reshape(_float32(features), (-1, h * w, c))
+    return ops.matmul(ops.transpose(flat, (0, 2, 1)), flat) / ops.cast(c * h * w, flat.dtype)
+
+
+def normalize_channels(features: Tensor, eps: float = 1e-10) -> Tensor:
+    """Scale every feature vector (over the last, channel axis) to unit length, as LPIPS does.
+
+    Uses ``f / sqrt(sum_c f^2 + eps^2)``, finite where a feature vector is all zero.
+
+    Args:
+        features: ``(N, H, W, C)``.
+        eps: Stabiliser.
+
+    Returns:
+        ``(N, H, W, C)`` in float32, unit-length along ``C`` (zero where the input is zero).
+    """
+    f = _float32(ops.convert_to_tensor(features))
+    return f * ops.rsqrt(ops.sum(ops.square(f), axis=-1, keepdims=True) + eps * eps)
+
+
+def feature_distance(prediction: Tensor, target: Tensor, criterion: Criterion = "l1", *,
+                     eps: float = 1e-3) -> Tensor:
+    """Mean elementwise distance per sample.
+
+    Args:
+        prediction: ``(N, ...)``.
+        target: Same shape, or broadcastable to it (``(1, ...)`` for one shared target).
+        criterion: ``"l1"`` (mean absolute), ``"mse"``/``"l2"`` (mean squared), or
+            ``"charbonnier"`` (mean of ``sqrt(d^2 + eps^2)``, a smooth L1).
+        eps: Charbonnier's smoothing constant.
+
+    Returns:
+        ``(N,)`` in float32 (float64 stays float64).
+
+    Raises:
+        ValueError: Unknown criterion; the message lists the valid ones.
+    """
+    diff = _float32(ops.convert_to_tensor(prediction)) - _float32(ops.convert_to_tensor(target))
+    if criterion == "l1":
+        per_element = ops.abs(diff)
+    elif criterion in ("mse", "l2"):
+        per_element = ops.square(diff)
+    elif criterion == "charbonnier":
+        per_element = ops.sqrt(ops.square(diff) + eps * eps)
+    else:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    return ops.mean(per_element, axis=tuple(range(1, len(per_element.shape))))
+
+
+def total_variation(images: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
+    """Total variation per sample of channels-last images.
+
+    Args:
+        images: ``(N, H, W, C)`` with ``H, W >= 2``.
+        kind: ``"l1"`` (anisotropic TV) or ``"l2"`` (squared differences, as Johnson et al.).
+
+    Returns:
+        ``(N,)``: mean over vertical differences plus mean over horizontal differences.
+
+    Raises:
+        ValueError: Wrong rank, too small, or unknown ``kind``.
+    """
+    images = ops.convert_to_tensor(images)
+    shape = tuple(images.shape)
+    if len(shape) != 4 or any(s is not None and s < 2 for s in shape[1:3]):
+        raise ValueError(f"total_variation expects (N, H, W, C) with H, W >= 2; got {shape}")
+    dy = images[:, 1:, :, :] - images[:, :-1, :, :]
+    dx = images[:, :, 1:, :] - images[:, :, :-1, :]
+    if kind == "l1":
+        dy, dx = ops.abs(dy), ops.abs(dx)
+    elif kind == "l2":
+        dy, dx = ops.square(dy), ops.square(dx)
+    else:
+        raise ValueError(f"kind must be 'l1' or 'l2'; got {kind!r}")
+    return ops.mean(dy, axis=(1, 2, 3)) + ops.mean(dx, axis=(1, 2, 3))
