@@ -49,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "parse_loss_spec",
     "perceptual_distance_module",
+    "plot_loss_curve",
     "psnr",
     "setup_distributed",
     "ssim",
@@ -497,7 +498,14 @@ def _write_samples(
     save_grid(rows, path, labels=["input", "output", "target"])
 
 
-def _plot_loss_curve(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
+def plot_loss_curve(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
+    """Plot every recorded term against the step to a PNG (log scale when all positive).
+
+    Args:
+        history: One dict per step with a ``"step"`` key and one key per term.
+        path: Output PNG.
+        title: Title of the plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -779,7 +787,7 @@ def fit(
                     "train": _json_ready(asdict(config)),
                 },
             )
-            _plot_loss_curve(history, out_dir / "loss_curve.png", f"{task.get('name')} loss")
+            plot_loss_curve(history, out_dir / "loss_curve.png", f"{task.get('name')} loss")
 
         progress = _progress_bar(
             total=config.steps, initial=min(start_step, config.steps),
