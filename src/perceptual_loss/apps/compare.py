@@ -36,6 +36,7 @@ from perceptual_loss.apps.io import list_images, load_image
 __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
+    "FolderComparison",
     "ImagePairDataset",
     "ImageScorer",
     "PairScore",
@@ -124,6 +125,23 @@ class PairScore:
             "width": self.width,
             **self.values,
         }
+
+
+@dataclass
+class FolderComparison:
+    """The result of :func:`compare_folders`.
+
+    Attributes:
+        scores: One entry per matched pair, in name order.
+        only_in_a: Names in the first folder without a partner (skipped).
+        only_in_b: Names in the second folder without a partner (skipped).
+        world_size: How many processes shared the work (1 without ``torchrun``).
+    """
+
+    scores: list[PairScore]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    world_size: int = 1
 
 
 class ImageScorer:
@@ -441,7 +459,7 @@ def compare_folders(
     num_workers: int = 0,
     recursive: bool = False,
     progress: bool = True,
-) -> tuple[list[PairScore], list[str], list[str]] | None:
+) -> FolderComparison | None:
     """Score every pair of two folders (matched by name), sharded under ``torchrun``.
 
     Args:
@@ -455,8 +473,8 @@ def compare_folders(
         progress: Show a progress bar on stderr (rank 0 only).
 
     Returns:
-        On rank 0 (and without ``torchrun``): ``(scores, only_in_a, only_in_b)`` with the
-        scores in name order. On the other ranks: ``None``.
+        On rank 0 (and without ``torchrun``): the scores of all pairs in name order and the
+        unmatched names. On the other ranks: ``None``.
 
     Raises:
         ValueError: For ``batch_size < 1`` or ``num_workers < 0``, and the errors of
@@ -513,7 +531,7 @@ def compare_folders(
         return None
     order = {name: position for position, (name, _, _) in enumerate(pairs)}
     gathered.sort(key=lambda score: order[score.name])
-    return gathered, only_a, only_b
+    return FolderComparison(gathered, only_a, only_b, world_size)
 
 
 def _gather(local: list[PairScore], rank: int, world_size: int) -> list[PairScore] | None:

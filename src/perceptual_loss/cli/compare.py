@@ -175,6 +175,8 @@ def compare(
       perceptual compare refs/ outputs/ --json scores.json --csv scores.csv
       perceptual compare a.png b.png --metric mse,lpips --weights random
     """
+    import torch
+
     from perceptual_loss.apps.compare import (
         ImageScorer,
         compare_folders,
@@ -193,6 +195,9 @@ def compare(
         raise click.UsageError("--json - and --csv - both write to stdout; choose one")
     chosen = parse_metrics(parse_name_list(metrics))
     rank = int(os.environ.get("RANK", "0"))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # a GPU per rank
     if weights is None and ("perceptual" in chosen or "lpips" in chosen) and rank == 0:
         click.echo(
             "Warning: --weights random: the perceptual and lpips values come from an untrained "
@@ -213,6 +218,7 @@ def compare(
     folder_mode = path_a.is_dir()
     only_a: list[str] = []
     only_b: list[str] = []
+    world_size = 1
     if folder_mode:
         result = compare_folders(
             path_a,
@@ -225,7 +231,8 @@ def compare(
         )
         if result is None:  # a torchrun rank other than 0: rank 0 reports
             return
-        scores, only_a, only_b = result
+        scores, only_a, only_b = result.scores, result.only_in_a, result.only_in_b
+        world_size = result.world_size
         for side, names in (("A", only_a), ("B", only_b)):
             if names:
                 shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
@@ -237,6 +244,7 @@ def compare(
         scores = [compare_images(path_a, path_b, scorer)]
 
     config = {**scorer.config, "a": str(path_a), "b": str(path_b), "device": str(device)}
+    config["world_size"] = world_size
     to_stdout = False
     if json_path is not None:
         if str(json_path) == "-":
