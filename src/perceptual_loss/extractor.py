@@ -101,6 +101,7 @@ class FeatureExtractor(nn.Module):
         self.normalization = self.preprocess.normalization
         with torch.device("meta"):
             meta_body = nn.Sequential(*list(self.spec.build_features().children())[: deepest + 1])
+        meta_body.eval()  # batch norm in eval mode accepts 1x1 maps
         self.min_input_size = _min_input_size(meta_body)
         self.feature_info = _describe(meta_body, self._taps, self.min_input_size)
         if self.preprocess.resize is not None and min(self.preprocess.resize) < self.min_input_size:

@@ -44,7 +44,9 @@ class PerceptualLoss(nn.Module):
 
     Args:
         backbone: Backbone name (``vgg16``, ``vgg19``, ``vgg16_bn``, ...).
-        layers: Content layers (ours or Keras names); ``()`` for a pure style loss.
+        layers: Content layers (ours or Keras names); ``()`` for a pure style loss. ``None``:
+            the extractor's layers when ``extractor`` is given, else :data:`DEFAULT_LAYERS`
+            (relu1_2, relu2_2, relu3_3, relu4_3).
         weights: ``"imagenet"``, ``"keras-imagenet"``, a path, or ``None`` (random, explicit).
         criterion: Feature distance: ``"l1"``, ``"mse"``/``"l2"``, ``"charbonnier"``.
         layer_weights: One weight per content layer (sequence or ``{layer: weight}``).
@@ -84,7 +86,7 @@ class PerceptualLoss(nn.Module):
     def __init__(
         self,
         backbone: str = "vgg16",
-        layers: Sequence[str] | None = DEFAULT_LAYERS,
+        layers: Sequence[str] | None = None,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
         criterion: Criterion = "l1",
