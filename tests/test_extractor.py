@@ -111,7 +111,8 @@ def test_min_size_error_names_layer_and_size():
 
 
 @pytest.mark.parametrize(("x", "error", "pattern"), [
-    (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), TypeError, r"dtype torch.uint8.*\.float\(\) / 255"),
+    (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), TypeError,
+     r"dtype torch.uint8.*\.float\(\) / 255"),
     (torch.zeros(3, 16, 16), ValueError, r"\(N, C, H, W\).*unsqueeze\(0\)"),
     (torch.zeros(1, 1, 3, 16, 16), ValueError, "volumes"),
     (torch.zeros(1, 4, 16, 16), ValueError, r"4 channels.*per_channel"),

@@ -188,7 +188,8 @@ def test_declared_input_range_gives_same_value(input_range):
 
 def test_out_of_range_error_reports_min_max_and_can_be_disabled():
     x, y = _images(1, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"prediction has values in \[0.*, 2\].*check_values=False"):
+    with pytest.raises(ValueError,
+                       match=r"prediction has values in \[0.*, 2\].*check_values=False"):
         PerceptualLoss(**TINY)(x * 2, y)
     assert torch.isfinite(PerceptualLoss(**TINY, check_values=False)(x * 2, y))
 

@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptual_loss import FeatureExtractor, PerceptualLoss, WeightsIntegrityError
-from perceptual_loss import WeightsNotFoundError
+from perceptual_loss import (
+    FeatureExtractor,
+    PerceptualLoss,
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+)
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.weights import (
     WeightSpec,
