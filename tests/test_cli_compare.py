@@ -1,0 +1,253 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from perceptual_loss.apps.compare import (
+    ImageScorer,
+    compare_folders,
+    match_folders,
+    parse_metrics,
+    psnr_from_mse,
+    summarize,
+)
+from perceptual_loss.backbones import get_backbone
+from perceptual_loss.cli import cli
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+LAYERS = "relu1_1,relu2_1"
+
+
+@pytest.fixture(scope="module")
+def vgg11_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "vgg11-test.pth"
+    torch.save(get_backbone("vgg11").build_features().state_dict(), path)  # trunk only
+    return path
+
+
+def _write_png(path, seed, size=(24, 20), base=None, noise=0.1):
+    rng = np.random.default_rng(seed)
+    if base is None:
+        pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    else:
+        noisy = base.astype(np.float64) + rng.normal(0, noise * 255, base.shape)
+        pixels = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def _reference_vgg11_distance(state, pixels_a, pixels_b):
+    """relu1_1 and relu2_1 of VGG11 written out with F.conv2d, L1 mean per layer."""
+
+    def features(pixels):
+        x = torch.from_numpy(
+            ((pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).copy()
+        )[None].float()
+        relu1_1 = F.relu(F.conv2d(x, state["0.weight"], state["0.bias"],
+                                  padding=1))
+        pooled = F.max_pool2d(relu1_1, 2)
+        relu2_1 = F.relu(F.conv2d(pooled, state["3.weight"], state["3.bias"],
+                                  padding=1))
+        return relu1_1, relu2_1
+
+    parts = [float((fa - fb).abs().mean()) for fa, fb in
+             zip(features(pixels_a), features(pixels_b), strict=True)]
+    return parts
+
+
+def _independent_scores(pixels_a, pixels_b):
+    a = pixels_a.astype(np.float64) / 255.0
+    b = pixels_b.astype(np.float64) / 255.0
+    mse = float(np.mean((a - b) ** 2))
+    psnr = 10 * math.log10(1.0 / mse)
+    ssim = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+    return mse, psnr, ssim
+
+
+def test_compare_two_files_json_matches_independent_computation(tmp_path, vgg11_checkpoint):
+    pixels_a = _write_png(tmp_path / "a.png", seed=1)
+    pixels_b = _write_png(tmp_path / "b.png", seed=2, base=pixels_a)
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(cli, [
+        "compare", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--backbone", "vgg11",
+        "--layers", LAYERS, "--weights", str(vgg11_checkpoint), "--device", "cpu",
+        "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    (pair,) = document["pairs"]
+    mse, psnr, ssim = _independent_scores(pixels_a, pixels_b)
+    assert pair["mse"] == pytest.approx(mse, rel=1e-6)
+    assert pair["psnr"] == pytest.approx(psnr, rel=1e-6)
+    assert pair["ssim"] == pytest.approx(ssim, abs=1e-5)
+    state = torch.load(vgg11_checkpoint, weights_only=True)
+    relu1_1, relu2_1 = _reference_vgg11_distance(state, pixels_a, pixels_b)
+    assert pair["perceptual/relu1_1"] == pytest.approx(relu1_1, rel=1e-4)
+    assert pair["perceptual/relu2_1"] == pytest.approx(relu2_1, rel=1e-4)
+    assert pair["perceptual"] == pytest.approx(relu1_1 + relu2_1, rel=1e-4)
+    assert (pair["height"], pair["width"]) == (24, 20)
+    assert document["config"]["layers"] == ["relu1_1", "relu2_1"]
+    assert document["summary"]["mse"] == pytest.approx(mse, rel=1e-6)
+    # the table is printed too
+    assert "psnr (dB)" in result.stdout
+    assert f"{psnr:.2f}" in result.stdout
+
+
+def test_identical_images_give_zero_distance_and_infinite_psnr(tmp_path):
+    _write_png(tmp_path / "a.png", seed=3)
+    result = CliRunner().invoke(cli, [
+        "compare", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--backbone", "vgg11",
+        "--layers", "relu1_1", "--weights", "random", "--json", "-",
+    ])
+    assert result.exit_code == 0, result.output
+    pair = json.loads(result.stdout)["pairs"][0]
+    assert pair["mse"] == 0.0
+    assert pair["psnr"] == "inf"
+    assert pair["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert pair["perceptual"] == 0.0
+    assert "random" in result.stderr  # loud about untrained weights
+
+
+def test_compare_folders_csv_pairs_by_name(tmp_path, vgg11_checkpoint):
+    expected = {}
+    for index, name in enumerate(["cat", "dog", "owl"]):
+        pixels_a = _write_png(tmp_path / "ref" / f"{name}.png", seed=10 + index)
+        # the judged folder holds JPEG-free PNGs under the same name, one with another suffix
+        suffix = ".bmp" if name == "dog" else ".png"
+        pixels_b = _write_png(tmp_path / "out" / f"{name}{suffix}", seed=20 + index,
+                              base=pixels_a, noise=0.05 * (index + 1))
+        expected[name] = _independent_scores(pixels_a, pixels_b)
+    _write_png(tmp_path / "ref" / "lonely.png", seed=99)
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(cli, [
+        "compare", str(tmp_path / "ref"), str(tmp_path / "out"), "--backbone", "vgg11",
+        "--layers", LAYERS, "--weights", str(vgg11_checkpoint), "--csv", str(out),
+        "--batch-size", "2", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == ["cat", "dog", "owl"]
+    for row in rows:
+        mse, psnr, ssim = expected[row["name"]]
+        assert float(row["mse"]) == pytest.approx(mse, rel=1e-6)
+        assert float(row["psnr"]) == pytest.approx(psnr, rel=1e-6)
+        assert float(row["ssim"]) == pytest.approx(ssim, abs=1e-5)
+    # stronger noise, larger distances: the metrics agree on the order
+    assert float(rows[0]["perceptual"]) < float(rows[1]["perceptual"]) < float(
+        rows[2]["perceptual"])
+    assert "1 image(s) only in A were skipped: lonely" in result.stderr
+    assert "mean" in result.stdout
+
+
+def test_batched_and_single_folder_scores_agree(tmp_path):
+    for index in range(3):
+        base = _write_png(tmp_path / "a" / f"{index}.png", seed=index, size=(16, 16))
+        _write_png(tmp_path / "b" / f"{index}.png", seed=5 + index, base=base)
+    _write_png(tmp_path / "a" / "big.png", seed=7, size=(20, 24))
+    _write_png(tmp_path / "b" / "big.png", seed=8, size=(20, 24))
+    torch.manual_seed(0)
+    scorer = ImageScorer(backbone="vgg11", layers=("relu1_1",), weights=None)
+    one = compare_folders(tmp_path / "a", tmp_path / "b", scorer, batch_size=1, progress=False)
+    four = compare_folders(tmp_path / "a", tmp_path / "b", scorer, batch_size=4, progress=False)
+    assert one.world_size == 1
+    assert [s.name for s in one.scores] == ["0", "1", "2", "big"]
+    for single, batched in zip(one.scores, four.scores, strict=True):
+        for key, value in single.values.items():
+            assert batched.values[key] == pytest.approx(value, rel=1e-5, abs=1e-7)
+
+
+def test_lpips_metric_through_public_api(tmp_path):
+    base = _write_png(tmp_path / "a.png", seed=1, size=(32, 32))
+    _write_png(tmp_path / "b.png", seed=2, size=(32, 32), base=base)
+    result = CliRunner().invoke(cli, [
+        "compare", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--metric", "mse,lpips",
+        "--weights", "random", "--json", "-",
+    ])
+    assert result.exit_code == 0, result.output
+    pair = json.loads(result.stdout)["pairs"][0]
+    assert set(pair) == {"name", "a", "b", "height", "width", "mse", "lpips"}
+    assert pair["lpips"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png", "a.png"], "Error: Invalid value for 'A': Path"),
+        (["a.png", "small.png"], "is 20x24 pixels but"),
+        (["a.png", "."], "A is a file but B is a folder"),
+        (["a.png", "a.png", "--metric", "fid"], "unknown metric 'fid'"),
+        (["a.png", "a.png", "--layers", "relu9_9"], "relu9_9"),
+        (["a.png", "a.png", "--weights", "nowhere.pth"], "weights file not found"),
+        (["a.png", "a.png", "--backbone", "resnet50"], "resnet50"),
+        (["tiny.png", "tiny2.png"], "ssim needs images of at least 11x11"),
+        (["a.png", "a.png", "--json", "-", "--csv", "-"], "choose one"),
+    ],
+)
+def test_compare_user_errors(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    _write_png(tmp_path / "a.png", seed=1)
+    _write_png(tmp_path / "small.png", seed=1, size=(12, 12))
+    _write_png(tmp_path / "tiny.png", seed=1, size=(8, 8))
+    _write_png(tmp_path / "tiny2.png", seed=2, size=(8, 8))
+    if "--weights" not in args:
+        args = [*args, "--weights", "random"]
+    result = CliRunner().invoke(cli, ["compare", *args, "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("Warning:") for line in lines[:-1])  # e.g. random weights
+    assert lines[-1].startswith("Error:")
+    assert message in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_unmatched_folders_and_duplicate_names(tmp_path):
+    _write_png(tmp_path / "a" / "x.png", seed=1)
+    _write_png(tmp_path / "b" / "y.png", seed=1)
+    with pytest.raises(ValueError, match="no file names match"):
+        match_folders(tmp_path / "a", tmp_path / "b")
+    _write_png(tmp_path / "b" / "x.png", seed=1)
+    _write_png(tmp_path / "b" / "x.jpg", seed=1)
+    with pytest.raises(ValueError, match="two images named 'x'"):
+        match_folders(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        match_folders(tmp_path / "empty", tmp_path / "a")
+
+
+def test_helpers():
+    assert parse_metrics(None) == ("mse", "psnr", "ssim", "perceptual")
+    assert parse_metrics(["all"]) == ("mse", "psnr", "ssim", "perceptual", "lpips")
+    assert parse_metrics(["PSNR", "mse"]) == ("mse", "psnr")
+    assert float(psnr_from_mse(0.01)) == pytest.approx(20.0)
+    assert math.isinf(float(psnr_from_mse(0.0)))
+    scorer = ImageScorer(["mse", "psnr"])
+    with pytest.raises(ValueError, match=r"values in \[-0\.5, 0\.5\], expected \[0, 1\]"):
+        scorer.score(torch.full((1, 3, 4, 4), -0.5).clamp_max(0.5).index_fill_(3,
+                     torch.tensor([0]), 0.5), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        scorer.score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+def test_summarize_averages_finite_psnr():
+    from perceptual_loss.apps.compare import PairScore
+
+    scores = [
+        PairScore("a", "a", "a", 1, 1, {"mse": 0.0, "psnr": math.inf}),
+        PairScore("b", "b", "b", 1, 1, {"mse": 0.01, "psnr": 20.0}),
+        PairScore("c", "c", "c", 1, 1, {"mse": 0.001, "psnr": 30.0}),
+    ]
+    summary = summarize(scores)
+    assert summary["psnr"] == pytest.approx(25.0)
+    assert summary["mse"] == pytest.approx(0.011 / 3)
