@@ -553,7 +553,7 @@ def _write_report(
         json.dumps({"summary": summary, "metrics": metrics}, indent=2, default=str) + "\n"
     )
     lines = [f"# {title}", ""]
-    lines += [f"> {note}" for note in notes]
+    lines += [f"> {' '.join(str(note).split())}" for note in notes]
     if notes:
         lines.append("")
     lines += ["## Run", ""]
