@@ -13,6 +13,12 @@ from functools import partial
 
 from torch import nn
 
+from perceptual_loss.backbones.alexnet import ALEXNET_LAYER_NAMES, AlexNet, make_alexnet_features
+from perceptual_loss.backbones.squeezenet import (
+    SQUEEZENET1_1_LAYER_NAMES,
+    SqueezeNet1_1,
+    make_squeezenet1_1_features,
+)
 from perceptual_loss.backbones.vgg import VGG, keras_aliases, make_vgg_features, vgg_layer_names
 
 __all__ = ["BackboneSpec", "get_backbone", "list_backbones", "register_backbone"]
@@ -115,3 +121,18 @@ for _depth in ("vgg11", "vgg13", "vgg16", "vgg19"):
             aliases=keras_aliases(_depth, _bn),
             weights=_weights,
         ))
+
+register_backbone(BackboneSpec(
+    name="alexnet",
+    build=AlexNet,
+    build_features=make_alexnet_features,
+    layer_names=ALEXNET_LAYER_NAMES,
+    weights={"imagenet": "alexnet/imagenet"},
+))
+register_backbone(BackboneSpec(
+    name="squeezenet1_1",
+    build=SqueezeNet1_1,
+    build_features=make_squeezenet1_1_features,
+    layer_names=SQUEEZENET1_1_LAYER_NAMES,
+    weights={"imagenet": "squeezenet1_1/imagenet"},
+))

@@ -1,0 +1,580 @@
+"""LPIPS-compatible perceptual distance: per-sample values, spatial maps, tiled evaluation.
+
+LPIPS (Zhang et al., 2018) compares two images through a frozen ImageNet trunk. At each tapped
+layer ``l`` the feature vector at every position is scaled to unit length over channels, the
+two images' unit vectors are subtracted and squared, a learned non-negative 1x1 "linear head"
+``w_l`` weighs the channels, and the result is averaged over positions; the layers are summed:
+
+    d(x, y) = sum_l mean_{h,w} sum_c w_{l,c} * (f̂_l(x)_{c,h,w} - f̂_l(y)_{c,h,w})^2
+
+With ``lpips=False`` every ``w_{l,c}`` is 1 (the unlearned, channel-normalised feature
+distance). The published v0.1 heads ship with this package (``data/lpips/v0.1``, BSD-2-Clause);
+given the same trunk weights the values equal the ``lpips`` package's.
+
+What differs from the ``lpips`` package, on purpose:
+
+- The value range is declared (``input_range``, ``(0, 1)`` by default like the rest of this
+  library) and checked: values outside it are an error, so ``[-1, 1]`` and ``[0, 1]`` images are
+  never confused silently.
+- Unit-length scaling never takes ``sqrt(0)`` in a way that produces NaN gradients; it runs in
+  float32 (also under ``torch.autocast``), so float16 features cannot overflow.
+- Large images can be evaluated in tiles (``tile_size``) with bounded memory; with the default
+  overlap the value equals the whole-image value (see :class:`LPIPS`).
+
+References:
+    Zhang, Isola, Efros, Shechtman, Wang, "The Unreasonable Effectiveness of Deep Features as a
+    Perceptual Metric", CVPR 2018.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from perceptual_loss._checks import check_image, check_input_range, check_pair
+from perceptual_loss.backbones import get_backbone
+from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
+from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
+from perceptual_loss.extractor import FeatureExtractor
+from perceptual_loss.functional import normalize_channels
+from perceptual_loss.preprocess import ChannelMode
+
+__all__ = [
+    "LPIPS",
+    "LPIPS_NETS",
+    "LpipsNet",
+    "load_lpips_heads",
+    "lpips_distance",
+]
+
+Reduction = Literal["none", "mean", "sum"]
+
+#: Stabiliser of each feature vector's length (the ``lpips`` package adds 1e-10 to it).
+UNIT_NORM_EPS = 1e-10
+
+
+@dataclass(frozen=True)
+class LpipsNet:
+    """One LPIPS trunk: the registered backbone and the layers LPIPS taps.
+
+    Attributes:
+        name: LPIPS name (``"vgg"``, ``"alex"``, ``"squeeze"``).
+        backbone: Name in :mod:`perceptual_loss.backbones`.
+        layers: Tapped layers, in the order of the heads ``lin0``, ``lin1``, ...
+        channels: Channels of each tapped layer.
+    """
+
+    name: str
+    backbone: str
+    layers: tuple[str, ...]
+    channels: tuple[int, ...]
+
+
+LPIPS_NETS: dict[str, LpipsNet] = {
+    "vgg": LpipsNet("vgg", "vgg16",
+                    ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
+                    (64, 128, 256, 512, 512)),
+    "alex": LpipsNet("alex", "alexnet", LPIPS_ALEXNET_TAPS, (64, 192, 384, 256, 256)),
+    "squeeze": LpipsNet("squeeze", "squeezenet1_1", LPIPS_SQUEEZENET_TAPS,
+                        (64, 128, 256, 384, 384, 512, 512)),
+}
+"""The three published LPIPS trunks."""
+
+_HEAD_VERSIONS = ("0.1",)
+
+
+def _lpips_net(net: str) -> LpipsNet:
+    aliases = {"vgg16": "vgg", "alexnet": "alex", "squeezenet1_1": "squeeze"}
+    key = aliases.get(net, net)
+    if key not in LPIPS_NETS:
+        raise ValueError(f"unknown LPIPS net {net!r}; choose one of: {', '.join(LPIPS_NETS)}")
+    return LPIPS_NETS[key]
+
+
+def load_lpips_heads(net: str, version: str = "0.1",
+                     path: str | os.PathLike[str] | None = None) -> list[torch.Tensor]:
+    """The per-channel weights of the LPIPS linear heads.
+
+    Args:
+        net: ``"vgg"``, ``"alex"`` or ``"squeeze"``.
+        version: Published version of the heads shipped with the package (``"0.1"``).
+        path: A heads file of your own instead (the ``lpips`` package's format: a state dict
+            with ``lin{i}.model.1.weight`` or ``lin{i}.weight`` of shape ``(1, C_i, 1, 1)``).
+
+    Returns:
+        One float32 tensor of shape ``(C_i,)`` per tapped layer, non-negative for the shipped
+        heads.
+
+    Raises:
+        ValueError: Unknown net or version, or a file whose keys or shapes do not fit ``net``.
+    """
+    spec = _lpips_net(net)
+    if path is None:
+        if version not in _HEAD_VERSIONS:
+            raise ValueError(
+                f"LPIPS heads version {version!r} are not shipped; available: "
+                f"{', '.join(_HEAD_VERSIONS)} (v0.0 had an input-scaling bug and is not "
+                "supported). Pass path=... for heads of your own."
+            )
+        ref = resources.files("perceptual_loss") / "data" / "lpips" / f"v{version}" / \
+            f"{spec.name}.pth"
+        with resources.as_file(ref) as file:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        source = f"shipped v{version} heads for {spec.name!r}"
+    else:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        source = os.fspath(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{source}: expected a state dict, got {type(state).__name__}")
+    heads: list[torch.Tensor] = []
+    for index, channels in enumerate(spec.channels):
+        weight = state.get(f"lin{index}.model.1.weight", state.get(f"lin{index}.weight"))
+        if weight is None:
+            raise ValueError(
+                f"{source}: no weight for head {index} (expected key 'lin{index}.model.1.weight'"
+                f" or 'lin{index}.weight'); keys found: {', '.join(sorted(state))}"
+            )
+        if weight.numel() != channels:
+            raise ValueError(
+                f"{source}: head {index} has {weight.numel()} weights but layer "
+                f"{spec.layers[index]!r} of {spec.backbone} has {channels} channels"
+            )
+        heads.append(weight.detach().reshape(channels).to(torch.float32).clone())
+    extra = set(state) - {f"lin{i}.model.1.weight" for i in range(len(spec.channels))} \
+        - {f"lin{i}.weight" for i in range(len(spec.channels))}
+    if extra:
+        raise ValueError(f"{source}: unexpected keys for {spec.name!r}: {', '.join(sorted(extra))}")
+    return heads
+
+
+def _leaf_geometry(module: nn.Module) -> list[tuple[int, int, int, int]]:
+    """``(kernel, stride, padding, dilation)`` of each sliding window in ``module``, in order.
+
+    Modules with children are walked in registration order, as if their windows ran one after
+    the other; for parallel branches (SqueezeNet's Fire) this overestimates the receptive
+    field, which only makes tile margins safer.
+    """
+    def first(value: int | Sequence[int]) -> int:
+        return int(value if isinstance(value, int) else max(value))
+
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):
+            pad = (first(module.kernel_size) - 1) // 2 * first(module.dilation)
+        else:
+            pad = first(module.padding)
+        return [(first(module.kernel_size), first(module.stride), pad, first(module.dilation))]
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        dilation = first(getattr(module, "dilation", 1))
+        stride = module.stride if module.stride is not None else module.kernel_size
+        return [(first(module.kernel_size), first(stride), first(module.padding), dilation)]
+    windows: list[tuple[int, int, int, int]] = []
+    for child in module.children():
+        windows.extend(_leaf_geometry(child))
+    return windows
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where the receptive field of feature pixel ``i`` lies: ``[offset + i*stride, +size)``."""
+
+    stride: int
+    size: int
+    offset: int
+
+
+def _tap_geometry(body: nn.Sequential, taps: Sequence[int]) -> dict[int, _Geometry]:
+    stride, size, offset = 1, 1, 0
+    result: dict[int, _Geometry] = {}
+    for index, module in enumerate(body):
+        for kernel, step, pad, dilation in _leaf_geometry(module):
+            size += (kernel - 1) * dilation * stride
+            offset -= pad * stride
+            stride *= step
+        if index in taps:
+            result[index] = _Geometry(stride, size, offset)
+    return result
+
+
+def _core_bounds(length: int, tile: int, margin: int, align: int, min_size: int
+                 ) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into cores whose tiles (core plus ``margin``) fit in ``tile``.
+
+    Core boundaries are multiples of ``align`` so that every tile's feature grid lines up with
+    the whole image's. A last tile smaller than ``min_size`` is merged into the one before.
+    """
+    if length <= tile:
+        return [(0, length)]
+    first = (tile - margin) // align * align
+    step = (tile - 2 * margin) // align * align
+    bounds = [(0, first)]
+    start = first
+    while length - start > tile - margin:
+        bounds.append((start, start + step))
+        start += step
+    if length - start + margin < min_size:
+        start = bounds.pop()[0]
+    bounds.append((start, length))
+    return bounds
+
+
+class LPIPS(nn.Module):
+    """LPIPS-compatible perceptual distance, usable as a metric and as a loss.
+
+    Args:
+        net: Trunk: ``"alex"`` (default, as in the ``lpips`` package), ``"vgg"`` (VGG16) or
+            ``"squeeze"`` (SqueezeNet 1.1).
+        version: Version of the shipped linear heads (``"0.1"``).
+        lpips: ``True``: weigh channels with the learned heads. ``False``: unlearned variant,
+            the plain squared distance of channel-normalised features.
+        weights: Trunk weights: ``"imagenet"`` (torchvision's file, from the cache or
+            downloaded; see :mod:`perceptual_loss.weights`), a path to a ``.pth`` file, or
+            ``None`` for random weights (tests only).
+        input_range: ``(low, high)`` of the images, e.g. ``(0, 1)`` or ``(-1, 1)`` (the
+            ``lpips`` package's convention). Values outside it are an error.
+        spatial: Return a distance map ``(N, 1, H, W)`` (each layer's map upsampled
+            bilinearly to the input size, then summed) instead of one value per image.
+        reduction: ``"none"``: ``(N,)`` (or the maps); ``"mean"``/``"sum"`` over the batch.
+        channel_mode: ``"repeat"``: 1-channel images (grayscale, CT) are repeated to RGB;
+            ``"per_channel"``: each channel compared as its own grayscale image and the
+            distances averaged over channels.
+        heads: A heads file of your own (see :func:`load_lpips_heads`) instead of the shipped
+            ``version``.
+        tile_size: Evaluate in square tiles of at most this many pixels a side (the trunk
+            never sees a larger image), e.g. 512. ``None``: the whole image at once.
+        tile_overlap: Context in pixels each tile gets beyond the part it contributes,
+            rounded up to a multiple of the trunk's stride (16) and to at least
+            :attr:`min_tile_overlap` (alex 16, vgg 0, squeeze 16: the context without which a
+            tile loses feature pixels at its edge). ``None``: the deepest layer's
+            receptive field (vgg 112, alex 96, squeeze 128), which makes the tiled value equal
+            to the whole-image value up to float round-off. Smaller overlaps are faster and
+            differ slightly (see ``docs/metrics.md`` for measured differences).
+        check_values: Check inputs for NaN/Inf and for values outside ``input_range``; this
+            synchronises the device.
+
+    Shape:
+        - prediction, target: ``(N, C, H, W)``, ``C`` in {1, 3} (any with ``"per_channel"``),
+          values in ``input_range``; ``H, W`` at least the trunk's minimum (alex 31,
+          vgg 16, squeeze 17).
+        - Output: ``(N,)`` float32 with ``reduction="none"``, a scalar otherwise, or
+          ``(N, 1, H, W)`` with ``spatial=True``. Values are ``>= 0`` and ``0`` for identical
+          images.
+
+    The trunk is frozen (no parameter requires a gradient, it stays in eval mode); gradients
+    flow to both inputs. Under ``torch.autocast`` the trunk runs in low precision and the
+    normalisation, heads and averages in float32.
+
+    Example:
+        >>> metric = LPIPS("alex", weights=None)  # random trunk: for illustration only
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x, y = torch.rand(2, 3, 64, 64, generator=gen), torch.rand(2, 3, 64, 64, generator=gen)
+        >>> metric(x, y).shape
+        torch.Size([2])
+        >>> float(metric(x, x).abs().max())
+        0.0
+    """
+
+    def __init__(
+        self,
+        net: str = "alex",
+        version: str = "0.1",
+        lpips: bool = True,
+        *,
+        weights: str | os.PathLike[str] | None = "imagenet",
+        input_range: tuple[float, float] = (0.0, 1.0),
+        spatial: bool = False,
+        reduction: Reduction = "none",
+        channel_mode: ChannelMode = "repeat",
+        heads: str | os.PathLike[str] | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        self.net = _lpips_net(net)
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+        if spatial and reduction != "none":
+            raise ValueError(
+                f"spatial=True returns one map per image and needs reduction='none'; got "
+                f"reduction={reduction!r}. Reduce the maps yourself, e.g. maps.mean(0)."
+            )
+        self.version = version
+        self.lpips = bool(lpips)
+        self.spatial = bool(spatial)
+        self.reduction: Reduction = reduction
+        self.extractor = FeatureExtractor(
+            self.net.backbone, self.net.layers, weights,
+            input_range=check_input_range(input_range), channel_mode=channel_mode,
+            normalization="lpips", check_values=check_values,
+        )
+        if self.lpips:
+            weights_per_layer = load_lpips_heads(self.net.name, version, heads)
+        else:
+            if heads is not None:
+                raise ValueError("heads=... is only used with lpips=True (learned heads)")
+            weights_per_layer = [torch.ones(c) for c in self.net.channels]
+        for index, weight in enumerate(weights_per_layer):
+            self.register_buffer(f"head{index}", weight.view(1, -1, 1, 1), persistent=False)
+
+        body = self.extractor.body
+        tap_index = [self.extractor.spec.layer_names.index(n) for n in self.net.layers]
+        geometry = _tap_geometry(body, tap_index)
+        self._strides = tuple(geometry[i].stride for i in tap_index)
+        deepest = geometry[max(tap_index)]
+        self._align = max(self._strides)
+        needed = max(-deepest.offset, deepest.offset + deepest.size - 1, 0)
+        self.receptive_margin = _round_up(needed, self._align)
+        self.min_tile_overlap = self._smallest_overlap()
+        self.tile_size, self.tile_overlap = self._check_tiling(tile_size, tile_overlap)
+
+    def _smallest_overlap(self) -> int:
+        """Smallest overlap at which every tile still yields all its core's feature pixels.
+
+        Without padding on the right, a convolution or pooling drops the last output pixels
+        of a tile; the overlap must cover them. Sizes grow by ``align / stride`` per ``align``
+        pixels, so one core size decides for all.
+        """
+        core = 4 * self._align
+        for overlap in range(0, self.receptive_margin + 1, self._align):
+            interior = self._map_sizes(core + 2 * overlap, core + 2 * overlap)
+            first = self._map_sizes(core + overlap, core + overlap)
+            if all(size_i[0] >= (core + overlap) // stride and size_f[0] >= core // stride
+                   for size_i, size_f, stride in zip(interior, first, self._strides,
+                                                     strict=True)):
+                return overlap
+        return self.receptive_margin
+
+    def _check_tiling(self, tile_size: int | None, tile_overlap: int | None
+                      ) -> tuple[int | None, int]:
+        if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
+            raise ValueError(f"tile_overlap must be None or an int >= 0; got {tile_overlap!r}")
+        overlap = self.receptive_margin if tile_overlap is None else \
+            max(self.min_tile_overlap, _round_up(tile_overlap, self._align))
+        if tile_size is None:
+            return None, overlap
+        if not isinstance(tile_size, int) or isinstance(tile_size, bool):
+            raise TypeError(f"tile_size must be None or an int; got {type(tile_size).__name__}")
+        smallest = 2 * overlap + self._align
+        if tile_size < max(smallest, self.min_input_size):
+            raise ValueError(
+                f"tile_size={tile_size} is too small for tile_overlap={overlap} on "
+                f"{self.net.backbone}: tiles need at least 2 * overlap + {self._align} = "
+                f"{smallest} pixels. Use a larger tile_size or a smaller tile_overlap."
+            )
+        return tile_size, overlap
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side the trunk accepts, in pixels."""
+        return int(self.extractor.min_input_size)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The tapped layers, in the order of the heads."""
+        return self.net.layers
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The declared ``(low, high)`` of the images."""
+        return self.extractor.input_range
+
+    def train(self, mode: bool = True) -> LPIPS:
+        """Set the module's flag; the frozen trunk stays in eval mode."""
+        super().train(mode)
+        self.extractor.train(mode)
+        return self
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor,
+                return_parts: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """LPIPS distance between ``prediction`` and ``target`` (symmetric).
+
+        Args:
+            prediction: ``(N, C, H, W)`` in ``input_range``.
+            target: Same shape, dtype and device.
+            return_parts: Also return each layer's contribution, keyed ``"lpips/<layer>"``,
+                reduced like the total.
+
+        Returns:
+            The distance (see the class docstring for shapes), and the parts if asked for.
+        """
+        check_image(prediction, "prediction")
+        check_image(target, "target")
+        check_pair(prediction, target)
+        self.extractor.check_input(prediction, "prediction")
+        self.extractor.check_input(target, "target")
+        maps = self._layer_maps(prediction, target)
+        per_channel = self.extractor.channel_mode == "per_channel"
+        channels = prediction.shape[1]
+        height, width = prediction.shape[-2:]
+        parts: dict[str, torch.Tensor] = {}
+        for name, layer_map in zip(self.net.layers, maps, strict=True):
+            if self.spatial:
+                value = F.interpolate(layer_map, size=(height, width), mode="bilinear",
+                                      align_corners=False)
+            else:
+                value = layer_map.mean(dim=(1, 2, 3))
+            if per_channel:
+                value = value.view(-1, channels, *value.shape[1:]).mean(dim=1)
+            parts[f"lpips/{name}"] = self._reduce(value)
+        total = torch.stack(list(parts.values())).sum(dim=0)
+        return (total, parts) if return_parts else total
+
+    def _reduce(self, value: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "mean":
+            return value.mean()
+        if self.reduction == "sum":
+            return value.sum()
+        return value
+
+    def _layer_maps(self, prediction: torch.Tensor, target: torch.Tensor
+                    ) -> list[torch.Tensor]:
+        """Per-layer distance maps ``(N', 1, H_l, W_l)`` in float32, whole or tiled."""
+        height, width = prediction.shape[-2:]
+        if self.tile_size is None or (height <= self.tile_size and width <= self.tile_size):
+            return self._tile_maps(prediction, target)
+        rows = _core_bounds(height, self.tile_size, self.tile_overlap, self._align,
+                           self.min_input_size)
+        cols = _core_bounds(width, self.tile_size, self.tile_overlap, self._align,
+                           self.min_input_size)
+        sizes = self._map_sizes(height, width)
+        batch = prediction.shape[0] * (prediction.shape[1] if
+                                       self.extractor.channel_mode == "per_channel" else 1)
+        maps = [prediction.new_zeros((batch, 1, h, w), dtype=torch.float32) for h, w in sizes]
+        use_checkpoint = torch.is_grad_enabled() and (prediction.requires_grad or
+                                                       target.requires_grad)
+        for row0, row1 in rows:
+            top, bottom = max(0, row0 - self.tile_overlap), min(height, row1 + self.tile_overlap)
+            for col0, col1 in cols:
+                left, right = max(0, col0 - self.tile_overlap), min(width,
+                                                                     col1 + self.tile_overlap)
+                tile_a = prediction[..., top:bottom, left:right]
+                tile_b = target[..., top:bottom, left:right]
+                if use_checkpoint:
+                    tile_maps = checkpoint(self._tile_maps, tile_a, tile_b, use_reentrant=False)
+                else:
+                    tile_maps = self._tile_maps(tile_a, tile_b)
+                for whole, part, stride, (h, w) in zip(maps, tile_maps, self._strides, sizes,
+                                                       strict=True):
+                    r0, c0 = row0 // stride, col0 // stride
+                    r1 = h if row1 == height else row1 // stride
+                    c1 = w if col1 == width else col1 // stride
+                    whole[:, :, r0:r1, c0:c1] = part[:, :, r0 - top // stride:r1 - top // stride,
+                                                     c0 - left // stride:c1 - left // stride]
+        return maps
+
+    def _map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Sizes of the tapped feature maps for a ``height`` x ``width`` image."""
+        spec = self.extractor.spec
+        taps = [spec.layer_names.index(n) for n in self.net.layers]
+        x = torch.empty(1, 3, height, width, device="meta")
+        sizes: list[tuple[int, int]] = []
+        for index, module in enumerate(_meta_trunk(spec.name, max(taps) + 1)):
+            x = module(x)
+            if index in taps:
+                sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+        return sizes
+
+    def _tile_maps(self, prediction: torch.Tensor, target: torch.Tensor
+                   ) -> list[torch.Tensor]:
+        feats_a = self.extractor.forward_preprocessed(self.extractor.preprocess(prediction))
+        feats_b = self.extractor.forward_preprocessed(self.extractor.preprocess(target))
+        maps: list[torch.Tensor] = []
+        with torch.autocast(prediction.device.type, enabled=False):
+            for index, name in enumerate(self.net.layers):
+                difference = (normalize_channels(feats_a[name], UNIT_NORM_EPS)
+                              - normalize_channels(feats_b[name], UNIT_NORM_EPS))
+                head = getattr(self, f"head{index}").float()
+                maps.append((difference.square() * head).sum(dim=1, keepdim=True))
+        return maps
+
+    def extra_repr(self) -> str:
+        return (f"net={self.net.name!r}, version={self.version!r}, lpips={self.lpips}, "
+                f"spatial={self.spatial}, reduction={self.reduction!r}, "
+                f"tile_size={self.tile_size}, tile_overlap={self.tile_overlap}")
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_trunk(backbone: str, depth: int) -> nn.Sequential:
+    """The first ``depth`` modules of ``backbone`` on the meta device (shapes only)."""
+    with torch.device("meta"):
+        return nn.Sequential(*list(get_backbone(backbone).build_features().children())[:depth])
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_metric(net: str, version: str, lpips: bool, weights: str | None,
+                   input_range: tuple[float, float], channel_mode: str, device: str) -> LPIPS:
+    metric = LPIPS(net, version, lpips, weights=weights, input_range=input_range,
+                   channel_mode=channel_mode)  # type: ignore[arg-type]
+    return metric.to(device)
+
+
+def lpips_distance(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    net: str = "alex",
+    *,
+    version: str = "0.1",
+    lpips: bool = True,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_range: tuple[float, float] = (0.0, 1.0),
+    channel_mode: ChannelMode = "repeat",
+    reduction: Reduction = "none",
+    metric: LPIPS | None = None,
+) -> torch.Tensor:
+    """Functional LPIPS: the value of :class:`LPIPS` without keeping a module yourself.
+
+    The module is built once per configuration and device and cached (up to 8), so calling
+    this in a loop never rebuilds the trunk. Pass ``metric=`` to use a module you built.
+
+    Args:
+        prediction: ``(N, C, H, W)`` in ``input_range``.
+        target: Same shape, dtype and device.
+        net: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+        version: Version of the shipped heads.
+        lpips: Learned heads (``True``) or the unlearned variant.
+        weights: Trunk weights (see :class:`LPIPS`).
+        input_range: ``(low, high)`` of the images.
+        channel_mode: ``"repeat"`` or ``"per_channel"``.
+        reduction: ``"none"`` (``(N,)``), ``"mean"`` or ``"sum"``.
+        metric: A prebuilt :class:`LPIPS`; the other options are then ignored except
+            ``reduction``.
+
+    Returns:
+        ``(N,)`` float32 distances, or their mean/sum.
+    """
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+    if metric is None:
+        weights_key = None if weights is None else os.fspath(weights)
+        metric = _cached_metric(_lpips_net(net).name, version, bool(lpips), weights_key,
+                                check_input_range(input_range), channel_mode,
+                                str(prediction.device))
+    if metric.spatial:
+        raise ValueError("lpips_distance returns values per image; pass a metric built with "
+                         "spatial=False, or call the module itself for maps")
+    if metric.reduction != "none":
+        raise ValueError(
+            f"metric=... was built with reduction={metric.reduction!r}; build it with "
+            "reduction='none' and choose the reduction here"
+        )
+    value = metric(prediction, target)
+    if reduction == "mean":
+        return value.mean()
+    if reduction == "sum":
+        return value.sum()
+    return value
