@@ -1,0 +1,71 @@
+"""`perceptual compare DIR_A DIR_B` under torchrun: 2 CPU processes (gloo) on a free port."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import perceptual_loss
+from perceptual_loss.apps.compare import ImageScorer, compare_folders
+from perceptual_loss.backbones import get_backbone
+
+SRC = Path(perceptual_loss.__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_folder_comparison_sharded_over_two_processes(tmp_path):
+    rng = np.random.default_rng(0)
+    names = [f"img{index}" for index in range(5)]  # odd: the shards are uneven
+    for index, name in enumerate(names):
+        size = (16, 16) if index % 2 else (20, 12)  # pairs of different sizes
+        base = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        noisy = np.clip(base + rng.normal(0, 10 * (index + 1), base.shape), 0, 255)
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+        Image.fromarray(base).save(tmp_path / "a" / f"{name}.png")
+        Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "b" / f"{name}.png")
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vgg11.pth"
+    torch.save(get_backbone("vgg11").build_features().state_dict(), checkpoint)
+    out = tmp_path / "scores.json"
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("PERCEPTUAL_DEBUG", None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "perceptual_loss", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+        "--backbone", "vgg11", "--layers", "relu1_1,relu2_1", "--weights", str(checkpoint),
+        "--device", "cpu", "--json", str(out), "--no-progress",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("5 pairs") == 1  # rank 0 alone reports
+
+    document = json.loads(out.read_text())
+    assert document["config"]["world_size"] == 2
+    assert [pair["name"] for pair in document["pairs"]] == names
+
+    scorer = ImageScorer(backbone="vgg11", layers=("relu1_1", "relu2_1"), weights=checkpoint)
+    alone = compare_folders(tmp_path / "a", tmp_path / "b", scorer, progress=False)
+    assert alone.world_size == 1
+    for pair, expected in zip(document["pairs"], alone.scores, strict=True):
+        assert pair["name"] == expected.name
+        for key, value in expected.values.items():
+            assert pair[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
