@@ -444,6 +444,17 @@ def build_plan(modules: Sequence[nn.Module], keep: Collection[int], *,
     return LeanPlan(steps=tuple(steps), keep=keep_set, bits=bits)
 
 
+def _still_lean(step: _Step, modules: Sequence[nn.Module]) -> bool:
+    """Whether a planned step may still run lean.
+
+    Modules may be unfrozen or put in train mode after planning; they then run plain, so no
+    weight gradient is ever dropped.
+    """
+    if step.conv is not None and not _lean_conv(modules[step.conv]):
+        return False
+    return step.bn is None or _lean_bn(modules[step.bn])
+
+
 def _run_fused(step: _Step, modules: Sequence[nn.Module], x: Tensor,
                bits: bool) -> tuple[Tensor | None, Tensor]:
     """Run one fused step; returns ``(pre_relu_or_None, out)``."""
@@ -493,7 +504,7 @@ def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan) -> dic
         or any(p.requires_grad for m in modules[: stop + 1] for p in m.parameters())
     )
     for step in plan.steps:
-        if not needs_grad or step.kind == "plain":
+        if not needs_grad or step.kind == "plain" or not _still_lean(step, modules):
             for index in range(step.first, step.last + 1):
                 module = modules[index]
                 if isinstance(module, nn.ReLU) and index - 1 in plan.keep:
