@@ -251,3 +251,17 @@ def test_summarize_averages_finite_psnr():
     summary = summarize(scores)
     assert summary["psnr"] == pytest.approx(25.0)
     assert summary["mse"] == pytest.approx(0.011 / 3)
+
+
+def test_error_inside_a_dataloader_worker_is_still_one_line(tmp_path):
+    _write_png(tmp_path / "a" / "x.png", seed=1, size=(20, 20))
+    _write_png(tmp_path / "b" / "x.png", seed=2, size=(24, 20))
+    result = CliRunner().invoke(cli, [
+        "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "mse",
+        "--workers", "1", "--no-progress",
+    ])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: ")
+    assert "x.png is 20x20 pixels but" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -385,6 +385,10 @@ def format_user_error(error: BaseException) -> str:
             "install the command-line extra: pip install 'perceptual-loss[cli]'"
         )
     text = str(error)
+    if "Original Traceback (most recent call last):" in text:
+        # re-raised from a DataLoader worker: the cause is the traceback's last line
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        text = last.split(": ", 1)[1] if ": " in last else last
     if isinstance(error, KeyError):
         text = str(error.args[0]) if error.args else text
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
