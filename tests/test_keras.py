@@ -377,6 +377,19 @@ def test_config_round_trip_rebuilds_the_same_loss(vgg11_checkpoint: Path) -> Non
                                to_numpy(loss(y_true, y_pred)), rtol=1e-6)
 
 
+def test_a_saved_model_reloads_with_its_loss(vgg11_checkpoint: Path, tmp_path: Path) -> None:
+    loss = PerceptualLoss("vgg11", layers=("relu1_1",), weights=vgg11_checkpoint, pixel_mse=1.0)
+    model = small_image_model()
+    model.compile(optimizer="adam", loss=loss)
+    x = images((2, 16, 16, 3), 42)
+    model.fit(x, x, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(reloaded.loss, PerceptualLoss)
+    np.testing.assert_allclose(reloaded.evaluate(x, x, verbose=0), model.evaluate(x, x, verbose=0),
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------- errors
 @pytest.fixture(scope="module")
 def small_loss(vgg11_checkpoint: Path) -> PerceptualLoss:
