@@ -1,0 +1,212 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceptual_loss import PerceptualLoss
+from perceptual_loss.apps.data import GaussianNoise, RestorationDataset, make_eval_pairs
+from perceptual_loss.apps.models import UNet
+from perceptual_loss.apps.training import (
+    CHECKPOINT_NAME,
+    LossConfig,
+    TrainConfig,
+    build_loss,
+    fit,
+    load_checkpoint,
+    parse_loss_spec,
+    psnr,
+    ssim,
+    train_restoration,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def _images(count=3, size=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    # smooth random pictures: upsampled noise, so denoising has structure to learn
+    small = torch.rand(count, 3, size // 8, size // 8, generator=generator)
+    return list(F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False))
+
+
+def _tiny_loss():
+    torch.manual_seed(0)
+    return build_loss(
+        LossConfig({"mse": 1.0, "perceptual": 0.1}, layers=("relu1_1",), backbone="vgg11",
+                   weights=None)
+    )
+
+
+def _config(out, **overrides):
+    settings = dict(steps=6, batch_size=2, learning_rate=1e-2, sample_every=3,
+                    checkpoint_every=3, progress=False)
+    settings.update(overrides)
+    return TrainConfig(out, **settings)
+
+
+def _fit(out, model=None, **overrides):
+    torch.manual_seed(0)
+    model = model or UNet(in_channels=3, base_channels=4, depth=1, residual=False)
+    images = _images()
+    dataset = RestorationDataset(images[:2], 16, GaussianNoise(0.1), length=8, seed=0)
+    pairs = make_eval_pairs(images[2:], GaussianNoise(0.1))
+    return fit(model, _tiny_loss(), dataset, pairs, _config(out, **overrides),
+               task={"name": "denoise"}, eval_names=["c.png"], echo=lambda _: None)
+
+
+def test_parse_loss_spec():
+    assert parse_loss_spec("mse=1,perceptual=0.1,style=1e5,tv=1e-6") == {
+        "mse": 1.0, "perceptual": 0.1, "style": 1e5, "tv": 1e-6,
+    }
+    assert parse_loss_spec(" perceptual ") == {"perceptual": 1.0}
+    with pytest.raises(ValueError, match="unknown loss term 'lpips'"):
+        parse_loss_spec("lpips=1")
+    with pytest.raises(ValueError, match="appears twice"):
+        parse_loss_spec("mse=1,mse=2")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_loss_spec("mse=lots")
+    with pytest.raises(ValueError, match=">= 0"):
+        parse_loss_spec("mse=-1")
+    with pytest.raises(ValueError, match="no term with a positive weight"):
+        parse_loss_spec("mse=0")
+
+
+def test_build_loss_pixel_only_needs_no_backbone():
+    loss_fn = build_loss(LossConfig({"mse": 2.0, "l1": 0.5}, weights="imagenet"))
+    assert loss_fn.extractor is None  # no VGG built, no weights looked up
+    x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    expected = 2.0 * F.mse_loss(x, y) + 0.5 * F.l1_loss(x, y)
+    torch.testing.assert_close(loss_fn(x, y), expected)
+
+
+def test_build_loss_weights_each_term():
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    torch.manual_seed(0)
+    mixed = build_loss(LossConfig({"mse": 1.0, "perceptual": 0.5, "style": 3.0, "tv": 0.1},
+                                  layers=("relu1_1",), style_layers=("relu1_1",),
+                                  backbone="vgg11", weights=None))
+    torch.manual_seed(0)
+    content = PerceptualLoss("vgg11", ("relu1_1",), None)
+    torch.manual_seed(0)
+    style = PerceptualLoss("vgg11", (), None, style_layers=("relu1_1",))
+    tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean())
+    loss, parts = mixed(x, y, return_parts=True)
+    assert {"content/relu1_1", "style/relu1_1", "pixel/mse", "tv"} <= set(parts)
+    torch.testing.assert_close(parts["content/relu1_1"], 0.5 * content(x, y))
+    torch.testing.assert_close(parts["style/relu1_1"], 3.0 * style(x, y))
+    torch.testing.assert_close(parts["pixel/mse"], F.mse_loss(x, y))
+    assert float(parts["tv"]) == pytest.approx(0.1 * float(tv), rel=0.05)  # TV definitions vary
+    torch.testing.assert_close(loss, sum(parts.values()))
+
+
+def test_psnr_and_ssim():
+    target = torch.rand(2, 3, 16, 16)
+    noisy = (target + 0.05).clamp(0, 1)
+    mse = ((noisy - target) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(psnr(noisy, target), 10 * torch.log10(1 / mse))
+    torch.testing.assert_close(ssim(target, target), torch.ones(2))
+    assert float(ssim(noisy, target).max()) < 1
+    with pytest.raises(ValueError, match="11x11"):
+        ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
+    result = _fit(tmp_path / "run", steps=12)
+    losses = [entry["loss"] for entry in result.history]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    assert set(result.history[0]) == {"step", "loss", "content", "mse"}
+    out = tmp_path / "run"
+    for name in ("checkpoint.pt", "loss_curve.png", "report.md", "report.json",
+                 "samples/step_000003.png", "samples/step_000012.png", "eval/grid.png",
+                 "eval/c_output.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    row = report["metrics"]["images"][0]
+    assert row["image"] == "c.png"
+    assert {"psnr_input", "psnr_output", "ssim_input", "ssim_output"} <= set(row)
+    assert "| c.png |" in (out / "report.md").read_text()
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    whole = _fit(tmp_path / "whole", steps=5)
+    _fit(tmp_path / "split", steps=3)
+    checkpoint = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)
+    assert checkpoint["step"] == 3 and len(checkpoint["optimizer"]["state"]) > 0
+    resumed = _fit(tmp_path / "split", steps=5, resume=True)
+    assert resumed.start_step == 3 and resumed.step == 5
+    assert [e["loss"] for e in resumed.history] == pytest.approx(
+        [e["loss"] for e in whole.history], rel=1e-5
+    )
+    final_whole = load_checkpoint(tmp_path / "whole")["model"]
+    final_split = load_checkpoint(tmp_path / "split")["model"]
+    for key, value in final_whole.items():
+        torch.testing.assert_close(final_split[key], value, msg=key)
+
+
+def test_checkpoint_guards(tmp_path):
+    _fit(tmp_path / "run", steps=2)
+    with pytest.raises(ValueError, match="already exists; pass resume"):
+        _fit(tmp_path / "run", steps=2)
+    with pytest.raises(ValueError, match="cannot resume: no checkpoint"):
+        _fit(tmp_path / "other", steps=2, resume=True)
+    other_model = UNet(in_channels=3, base_channels=8, depth=1, residual=False)
+    with pytest.raises(ValueError, match="trained with model"):
+        _fit(tmp_path / "run", model=other_model, steps=3, resume=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        _fit(tmp_path / "run", steps=3, resume=True, overwrite=True)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable training checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_train_restoration_grayscale(tmp_path):
+    images = [image[:1] for image in _images(3)]
+    torch.manual_seed(0)
+    result = train_restoration(
+        UNet(in_channels=1, base_channels=4, depth=1), GaussianNoise(0.1), images[:2],
+        images[2:], ["slice.png"], LossConfig({"mse": 1.0}), _config(tmp_path, steps=2),
+        crop_size=16, task={"name": "denoise", "mode": "gray"}, echo=lambda _: None,
+    )
+    assert result.step == 2
+    # the distance module needs ImageNet weights that tests do not have: the report says so
+    report = (tmp_path / "report.md").read_text()
+    assert "perceptual distance not computed" in report
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    from perceptual_loss.apps.io import save_image
+
+    for index, image in enumerate(_images(3, size=32)):
+        save_image(image, data / f"img{index}.png")
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "perceptual_loss", "train", "denoise", "--data", str(data), "--out", str(out),
+        "--steps", "4", "--batch-size", "1", "--crop-size", "16", "--width", "4", "--depth",
+        "1", "--loss", "mse=1", "--device", "cpu", "--no-progress", "--sample-every", "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                               cwd=tmp_path, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["steps"] == 4
+    assert load_checkpoint(out)["step"] == 4
+    # only rank 0 prints the start line
+    assert completed.stdout.count("denoise: 2 training / 1 held-out images") == 1
