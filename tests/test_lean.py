@@ -324,3 +324,71 @@ def test_pack_unpack_roundtrip(shape, channels_last):
 def test_pack_mask_rejects_non_bool():
     with pytest.raises(TypeError, match="torch.bool"):
         pack_mask(torch.zeros(8))
+
+
+# ------------------------------------------------------------------ through FeatureExtractor
+
+
+def _loss_and_grad(memory: str, channels_last: bool, backbone: str = "vgg16",
+                   style: bool = True, criterion: str = "l1"
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    from perceptual_loss import FeatureExtractor, PerceptualLoss
+
+    content = ("conv1_2", "relu2_2", "relu3_3")
+    style_layers = ("relu1_2", "relu2_2") if style else ()
+    torch.manual_seed(0)
+    fx = FeatureExtractor(backbone, layers=content + style_layers, weights=None, memory=memory,
+                          channels_last=channels_last)
+    loss_fn = PerceptualLoss(extractor=fx, layers=content, style_layers=style_layers,
+                             criterion=criterion, reduction="none")
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 20, 24, generator=g).requires_grad_()
+    y = torch.rand(2, 3, 20, 24, generator=g)
+    value, parts = loss_fn(x, y, return_parts=True)
+    value.sum().backward()
+    return value.detach(), x.grad, parts
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn"])
+def test_extractor_lean_equals_plain(backbone, channels_last):
+    plain_value, plain_grad, plain_parts = _loss_and_grad("plain", channels_last, backbone)
+    lean_value, lean_grad, lean_parts = _loss_and_grad("lean", channels_last, backbone)
+    assert torch.equal(lean_value, plain_value)
+    assert plain_parts.keys() == lean_parts.keys()
+    for name in plain_parts:
+        assert torch.equal(lean_parts[name], plain_parts[name]), name
+    torch.testing.assert_close(lean_grad, plain_grad, rtol=1e-6,
+                               atol=1e-6 * plain_grad.abs().max())
+
+
+def test_extractor_lean_is_the_default_and_metric_mode_is_unchanged():
+    from perceptual_loss import FeatureExtractor
+
+    torch.manual_seed(0)
+    fx = FeatureExtractor("vgg11", layers=("conv1_1", "relu2_1"), weights=None)
+    assert fx.memory == "lean" and not fx.channels_last
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        lean = fx(x)
+    fx.memory = "plain"
+    with torch.no_grad():
+        plain = fx(x)
+    assert list(lean) == list(plain) == ["conv1_1", "relu2_1"]
+    for name in plain:
+        assert torch.equal(lean[name], plain[name])
+
+
+def test_extractor_channels_last_close_to_nchw():
+    # MSE: an L1 gradient is a sign, which float rounding may flip where features nearly agree.
+    nchw_value, nchw_grad, _ = _loss_and_grad("lean", False, style=False, criterion="mse")
+    cl_value, cl_grad, _ = _loss_and_grad("lean", True, style=False, criterion="mse")
+    torch.testing.assert_close(cl_value, nchw_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cl_grad, nchw_grad, rtol=1e-4, atol=1e-4 * nchw_grad.abs().max())
+
+
+def test_extractor_rejects_unknown_memory_mode():
+    from perceptual_loss import FeatureExtractor
+
+    with pytest.raises(ValueError, match="memory must be 'lean' or 'plain'; got 'small'"):
+        FeatureExtractor("vgg11", layers=("relu1_1",), weights=None, memory="small")

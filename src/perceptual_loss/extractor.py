@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from perceptual_loss._checks import check_image, check_input_range, check_values
+from perceptual_loss._lean import build_plan, lean_forward
 from perceptual_loss.backbones import BackboneSpec, get_backbone
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
 from perceptual_loss.weights import load_weights_into
@@ -45,6 +47,13 @@ class FeatureExtractor(nn.Module):
         check_values: Check inputs for NaN/Inf and for values outside ``input_range``. The
             check synchronises the device; turn it off for speed once inputs are trusted.
         progress: Show a progress bar if weights are downloaded.
+        memory: ``"lean"`` (default) saves only what the input gradient needs: a 1-byte ReLU
+            mask per element and a uint8 max-pool window position, instead of float
+            activations and int64 indices (see :mod:`perceptual_loss._lean`). Values are
+            bit-identical to ``"plain"`` and gradients equal; ``"plain"`` is ordinary autograd,
+            needed only for double backward (e.g. a gradient penalty through this loss).
+        channels_last: Run the backbone in ``torch.channels_last`` memory format (faster
+            convolutions on CPU; values differ from NCHW by float rounding only).
 
     Shape:
         - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
@@ -69,8 +78,14 @@ class FeatureExtractor(nn.Module):
         normalization: str | Normalization | None = None,
         check_values: bool = True,
         progress: bool = True,
+        memory: Literal["lean", "plain"] = "lean",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        if memory not in ("lean", "plain"):
+            raise ValueError(f"memory must be 'lean' or 'plain'; got {memory!r}")
+        self.memory = memory
+        self.channels_last = bool(channels_last)
         if isinstance(layers, str):
             layers = (layers,)
         self.spec: BackboneSpec = get_backbone(backbone)
@@ -96,6 +111,9 @@ class FeatureExtractor(nn.Module):
         self.body.requires_grad_(False)
         self.body.eval()
         self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}
+        self._lean_plan = build_plan(self.body, self._taps)
+        if self.channels_last:
+            self.body.to(memory_format=torch.channels_last)
         self.preprocess = Preprocessor(normalization or implied, self.input_range,
                                        channel_mode, resize)
         self.normalization = self.preprocess.normalization
@@ -166,6 +184,11 @@ class FeatureExtractor(nn.Module):
 
     def forward_preprocessed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the truncated backbone on already preprocessed ``(N, 3, H, W)`` input."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.memory == "lean":
+            outputs = lean_forward(self.body, x, self._lean_plan)
+            return {self._taps[index]: outputs[index] for index in sorted(self._taps)}
         features: dict[str, torch.Tensor] = {}
         for index, module in enumerate(self.body):
             if isinstance(module, nn.ReLU) and (index - 1) in self._taps:
