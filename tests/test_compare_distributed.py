@@ -25,6 +25,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _torchrun(args, cwd):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("PERCEPTUAL_DEBUG", None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "perceptual_loss",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=cwd)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_folder_comparison_sharded_over_two_processes(tmp_path):
     rng = np.random.default_rng(0)
@@ -42,19 +56,11 @@ def test_folder_comparison_sharded_over_two_processes(tmp_path):
     torch.save(get_backbone("vgg11").build_features().state_dict(), checkpoint)
     out = tmp_path / "scores.json"
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("PERCEPTUAL_DEBUG", None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "perceptual_loss", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+    done = _torchrun([
+        "compare", str(tmp_path / "a"), str(tmp_path / "b"),
         "--backbone", "vgg11", "--layers", "relu1_1,relu2_1", "--weights", str(checkpoint),
         "--device", "cpu", "--json", str(out), "--no-progress",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
+    ], cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("5 pairs") == 1  # rank 0 alone reports
 
@@ -69,3 +75,24 @@ def test_folder_comparison_sharded_over_two_processes(tmp_path):
         assert pair["name"] == expected.name
         for key, value in expected.values.items():
             assert pair[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_a_failing_rank_stops_every_process_with_one_line(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "a" / "p0.png")
+    Image.fromarray(np.ones((16, 16, 3), dtype=np.uint8)).save(tmp_path / "b" / "p0.png")
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "a" / "p1.png")
+    Image.fromarray(np.zeros((12, 16, 3), dtype=np.uint8)).save(tmp_path / "b" / "p1.png")
+    done = _torchrun(["compare", "a", "b", "--metric", "mse,psnr", "--no-progress",
+                      "--json", "out.json"], cwd=tmp_path)
+    assert done.returncode != 0  # and no hang: rank 0 learns that rank 1 failed
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 2, done.stderr
+    assert any("p1.png is 16x16 pixels but" in line for line in errors)
+    assert any("process 1 of 2 failed" in line for line in errors)
+    # torchrun prints its own launcher traceback; none comes from the processes themselves
+    assert "perceptual_loss/apps" not in done.stderr
+    assert "perceptual_loss/cli" not in done.stderr
+    assert not (tmp_path / "out.json").exists()

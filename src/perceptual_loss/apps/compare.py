@@ -498,30 +498,20 @@ def compare_folders(
         )
         bar = _progress(len(pairs), enabled=progress and rank == 0)
         local: list[PairScore] = []
-        for items in loader:
-            for indices, batch_a, batch_b in _same_shape_groups(items):
-                try:
-                    values = scorer.score(batch_a, batch_b)
-                except ValueError as error:
-                    names = ", ".join(pairs[i][0] for i in indices)
-                    raise ValueError(f"pair {names}: {error}") from error
-                for row, index in enumerate(indices):
-                    name, path_a, path_b = pairs[index]
-                    local.append(
-                        PairScore(
-                            name=name,
-                            path_a=str(path_a),
-                            path_b=str(path_b),
-                            height=int(batch_a.shape[-2]),
-                            width=int(batch_a.shape[-1]),
-                            values={key: float(value[row]) for key, value in values.items()},
-                        )
-                    )
+        failure: BaseException | None = None
+        try:
+            for items in loader:
+                local.extend(_score_items(items, pairs, scorer))
+                if bar is not None:
+                    bar.update(len(items) * world_size)
+        except Exception as error:  # shared with the other ranks below, then re-raised
+            if world_size == 1:
+                raise
+            failure = error
+        finally:
             if bar is not None:
-                bar.update(len(items) * world_size)
-        if bar is not None:
-            bar.close()
-        gathered = _gather(local, rank, world_size)
+                bar.close()
+        gathered = _gather(local, failure, rank, world_size)
     finally:
         if created:
             import torch.distributed as dist
@@ -534,17 +524,57 @@ def compare_folders(
     return FolderComparison(gathered, only_a, only_b, world_size)
 
 
-def _gather(local: list[PairScore], rank: int, world_size: int) -> list[PairScore] | None:
-    """Collect every rank's scores on rank 0 (others get None)."""
+def _score_items(
+    items: list[tuple[int, torch.Tensor, torch.Tensor]],
+    pairs: Sequence[tuple[str, Path, Path]],
+    scorer: ImageScorer,
+) -> list[PairScore]:
+    """Score one DataLoader batch; an error names the pairs it happened on."""
+    scores: list[PairScore] = []
+    for indices, batch_a, batch_b in _same_shape_groups(items):
+        try:
+            values = scorer.score(batch_a, batch_b)
+        except ValueError as error:
+            names = ", ".join(pairs[i][0] for i in indices)
+            raise ValueError(f"pair {names}: {error}") from error
+        for row, index in enumerate(indices):
+            name, path_a, path_b = pairs[index]
+            scores.append(
+                PairScore(
+                    name=name,
+                    path_a=str(path_a),
+                    path_b=str(path_b),
+                    height=int(batch_a.shape[-2]),
+                    width=int(batch_a.shape[-1]),
+                    values={key: float(value[row]) for key, value in values.items()},
+                )
+            )
+    return scores
+
+
+def _gather(
+    local: list[PairScore], failure: BaseException | None, rank: int, world_size: int
+) -> list[PairScore] | None:
+    """Collect every rank's scores on rank 0 (others get None).
+
+    Every rank learns whether any rank failed, so none waits forever for a dead peer: the
+    failing rank re-raises its error, the others raise one that names it.
+    """
     if world_size == 1:
         return local
     import torch.distributed as dist
 
-    received: list[list[PairScore] | None] | None = [None] * world_size if rank == 0 else None
-    dist.gather_object(local, received, dst=0)
-    if rank != 0 or received is None:
+    message = None if failure is None else f"{type(failure).__name__}: {failure}"
+    received: list[tuple[list[PairScore], str | None] | None] = [None] * world_size
+    dist.all_gather_object(received, ([] if failure is not None else local, message))
+    if failure is not None:
+        raise failure
+    for other_rank, part in enumerate(received):
+        if part is not None and part[1] is not None:
+            raise ValueError(f"process {other_rank} of {world_size} failed: {part[1]}")
+    if rank != 0:
         return None
-    return [score for part in received if part for score in part]
+    return [score for part in received if part is not None for score in part[0]]
 
 
 def _progress(total: int, enabled: bool) -> Any:
