@@ -38,6 +38,7 @@ from perceptual_loss.apps.training import (
     TrainResult,
     _crops_per_epoch,
     _predict,
+    default_layers_for,
     fit,
     load_checkpoint,
 )
@@ -209,7 +210,9 @@ def train_style(
         loss_fn = _style_loss(
             style_small, backbone=backbone, weights=weights,
             layers=tuple(layers or JOHNSON_CONTENT_LAYERS),
-            style_layers=tuple(style_layers or DEFAULT_STYLE_LAYERS),
+            style_layers=tuple(
+                style_layers or default_layers_for(backbone, DEFAULT_STYLE_LAYERS)
+            ),
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             device=device,
         )

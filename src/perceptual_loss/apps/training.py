@@ -44,6 +44,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_loss",
+    "default_layers_for",
     "evaluate_restoration",
     "fit",
     "load_checkpoint",
@@ -157,6 +158,35 @@ class LossConfig:
         return f"{mix} ({self.backbone}, {weights})"
 
 
+def default_layers_for(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS) -> tuple[str, ...]:
+    """``preferred`` layers if the backbone has them all, else the last ReLU of blocks 1-4.
+
+    VGG-16/19 have relu1_2, relu2_2, relu3_3, relu4_3; VGG-11 and VGG-13 have fewer
+    convolutions per block, so they get their own last ReLU of each block instead.
+
+    Args:
+        backbone: Backbone name.
+        preferred: Layers to use when they all exist.
+
+    Returns:
+        Canonical layer names of ``backbone``.
+
+    Example:
+        >>> default_layers_for("vgg11")
+        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
+    """
+    from perceptual_loss import get_backbone
+
+    names = get_backbone(backbone).layer_names
+    if all(name in names for name in preferred):
+        return tuple(preferred)
+    last_relu: dict[str, str] = {}
+    for name in names:
+        if name.startswith("relu"):
+            last_relu[name[4:].split("_")[0]] = name
+    return tuple(last_relu[block] for block in ("1", "2", "3", "4") if block in last_relu)
+
+
 def build_loss(config: LossConfig) -> PerceptualLoss:
     """Build the :class:`PerceptualLoss` that computes a :class:`LossConfig`'s mix.
 
@@ -184,12 +214,16 @@ def build_loss(config: LossConfig) -> PerceptualLoss:
         "tv_weight": terms.get("tv", 0.0),
     }
     if content > 0:
-        kwargs["layers"] = tuple(config.layers) if config.layers else DEFAULT_LAYERS
+        kwargs["layers"] = (
+            tuple(config.layers) if config.layers else default_layers_for(config.backbone)
+        )
         kwargs["feature_weight"] = content
     else:
         kwargs["layers"] = ()
     if style > 0:
-        kwargs["style_layers"] = tuple(config.style_layers or DEFAULT_STYLE_LAYERS)
+        kwargs["style_layers"] = tuple(
+            config.style_layers or default_layers_for(config.backbone, DEFAULT_STYLE_LAYERS)
+        )
         kwargs["style_weight"] = style
     return PerceptualLoss(**kwargs)
 
@@ -633,8 +667,9 @@ def evaluate_restoration(
 RESTORATION_LEGEND = (
     "`*_input`: the degraded input (bicubic-upscaled for SR) against the clean target; "
     "`*_output`: the network's output. PSNR in dB (higher is better), SSIM in [0, 1] "
-    "(higher is better), perceptual = L1 feature distance on relu1_2..relu4_3 "
-    "(lower is better)."
+    "(higher is better), perceptual = L1 feature distance of the loss network on "
+    "relu1_2, relu2_2, relu3_3, relu4_3 (last ReLU of blocks 1-4 on VGG-11/13; lower is "
+    "better)."
 )
 
 
@@ -972,7 +1007,9 @@ def _json_ready(value: Any) -> Any:
 def perceptual_distance_module(
     backbone: str, weights: str | Path | None
 ) -> tuple[nn.Module | None, str | None]:
-    """The perceptual distance used in reports: L1 on relu1_2..relu4_3 (library defaults).
+    """The perceptual distance used in reports: L1 on :func:`default_layers_for` layers.
+
+    relu1_2, relu2_2, relu3_3, relu4_3 (the library defaults) on VGG-16/19.
 
     Args:
         backbone: Backbone name.
@@ -989,7 +1026,7 @@ def perceptual_distance_module(
         # different runs measure with the same network.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return PerceptualLoss(backbone, DEFAULT_LAYERS, weights), None
+            return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
     except WeightsNotFoundError as error:
         return None, f"perceptual distance not computed: {error}"
 
