@@ -499,9 +499,22 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
                      f"{mean['ssim_output']:.3f}",
                      f"{mean.get('perceptual_output', float('nan')):.4g}"])
     lines += _markdown_table(["", "PSNR (dB) ↑", "SSIM ↑", "perceptual ↓"], rows)
+    plain, mixed = denoise_means["mse"], denoise_means["mse+perceptual"]
+    differences = [
+        f"PSNR {mixed['psnr_output'] - plain['psnr_output']:+.2f} dB",
+        f"SSIM {mixed['ssim_output'] - plain['ssim_output']:+.3f}",
+    ]
+    if "perceptual_output" in plain and "perceptual_output" in mixed:
+        differences.append(
+            f"perceptual distance {mixed['perceptual_output'] - plain['perceptual_output']:+.4g}"
+        )
+    lines += ["", "Adding the perceptual term changed, on the held-out picture: "
+              + ", ".join(differences) + " (positive PSNR/SSIM and negative perceptual "
+              "differences are improvements)."]
     lines += [
         "",
-        "Perceptual distance: L1 on relu1_2..relu4_3 with the same weights as above. "
+        "Perceptual distance: L1 on relu1_2, relu2_2, relu3_3, relu4_3 with the same weights "
+        "as above. "
         "A short CPU run shows the direction of the effect at best; train longer with "
         "`perceptual train denoise` for real use.",
         "",
