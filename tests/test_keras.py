@@ -231,6 +231,18 @@ def test_gram_matrix_and_total_variation_match_pytorch() -> None:
     np.testing.assert_allclose(to_numpy(total_variation(x)), dy + dx, rtol=1e-6)
 
 
+@pytest.mark.parametrize("module", ["perceptual_loss.keras.functional",
+                                    "perceptual_loss.keras.extractor",
+                                    "perceptual_loss.keras.losses"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
 # ---------------------------------------------------------------------- gradients
 def test_gradient_reaches_prediction_only_and_equals_pytorch(vgg11_checkpoint: Path) -> None:
     options = dict(layers=("relu1_1", "relu2_1"), style_layers=("relu1_1",), pixel_mse=1.0)

@@ -22,7 +22,7 @@ from perceptual_loss.preprocess import ChannelMode, Normalization
 keras = import_keras()
 ops = keras.ops
 
-__all__ = ["FeatureExtractor", "concrete_min_max"]
+__all__ = ["FeatureExtractor", "check_range", "concrete_min_max"]
 
 Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
 
@@ -189,8 +189,13 @@ class FeatureExtractor:
         return x
 
     def forward_preprocessed(self, x: Tensor) -> dict[str, Tensor]:
-        """Run the frozen trunk on already preprocessed ``(N, H, W, 3)`` input."""
-        return dict(self.model(x, training=False))
+        """Run the frozen trunk on already preprocessed ``(N, H, W, 3)`` input.
+
+        Returns:
+            ``{layer: (N, H_l, W_l, C_l)}`` in the order of :attr:`layers`.
+        """
+        outputs = self.model(x, training=False)
+        return {layer: outputs[layer] for layer in self.layers}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(backbone={self.backbone!r}, layers={self.layers}, "
@@ -209,7 +214,8 @@ def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
     if backend == "jax":
         import jax
 
-        if isinstance(x, jax.core.Tracer):
+        tracer = getattr(jax.core, "Tracer", None)
+        if tracer is not None and isinstance(x, tracer):
             return None
     elif backend == "tensorflow":
         import tensorflow as tf
