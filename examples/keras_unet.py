@@ -195,4 +195,9 @@ def save_rows(path: Path, *rows: np.ndarray) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from perceptual_loss import WeightsNotFoundError
+
+    try:
+        main(sys.argv[1:])
+    except WeightsNotFoundError as err:  # offline without the file: say where to put it
+        raise SystemExit(f"error: {err}") from None
