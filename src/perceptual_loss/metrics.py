@@ -450,7 +450,8 @@ class LPIPS(nn.Module):
         sizes = self._map_sizes(height, width)
         batch = prediction.shape[0] * (prediction.shape[1] if
                                        self.extractor.channel_mode == "per_channel" else 1)
-        maps = [prediction.new_zeros((batch, 1, h, w), dtype=torch.float32) for h, w in sizes]
+        dtype = torch.float64 if prediction.dtype == torch.float64 else torch.float32
+        maps = [prediction.new_zeros((batch, 1, h, w), dtype=dtype) for h, w in sizes]
         use_checkpoint = torch.is_grad_enabled() and (prediction.requires_grad or
                                                        target.requires_grad)
         for row0, row1 in rows:
