@@ -38,9 +38,9 @@ class PerceptualLoss(nn.Module):
     ``G`` is the Gram matrix normalised by ``C*H*W`` (float32). Pixel, SSIM and TV terms are
     computed on the images mapped to ``[0, 1]``, so their weights do not depend on
     ``input_range``. One backbone pass serves content and style; the target's features are
-    computed without autograd unless the target itself requires grad. With the defaults
-    (VGG16, relu1_2/relu2_2/relu3_3/relu4_3, L1, unit weights, ``resize=224``) the value is
-    that of the widely used ``VGGPerceptualLoss`` recipe.
+    computed without autograd unless the target itself requires grad. The defaults
+    (VGG16, relu1_2/relu2_2/relu3_3/relu4_3, L1, unit weights) plus ``resize=224`` give the
+    value of the widely used ``VGGPerceptualLoss`` recipe.
 
     Args:
         backbone: Backbone name (``vgg16``, ``vgg19``, ``vgg16_bn``, ...).
