@@ -314,3 +314,18 @@ def test_mr_volume_thin_and_cubic(deep_loss_2d):
             assert list(parts) == ["axis/D"] and len(caught) == 2
         else:
             assert list(parts) == ["axis/D", "axis/H", "axis/W"] and not caught
+
+
+def test_bfloat16_autocast_with_lpips_planes():
+    torch.manual_seed(2)
+    loss = VolumePerceptualLoss(LPIPS("squeeze", weights=None), axes=("D", "W"), seed=0,
+                                slice_ratio=0.5)
+    x, y = volumes((1, 1, 18, 18, 17), seed=16)
+    reference = loss(x, y)
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(x, y)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, reference, rtol=5e-2, atol=1e-4)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
