@@ -202,8 +202,11 @@ def test_ddp_two_cpu_processes(tmp_path):
         "1", "--loss", "mse=1", "--device", "cpu", "--no-progress", "--sample-every", "2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=240,
-                               cwd=tmp_path, env=env)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=400,
+                                   cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired as error:  # show where it stopped
+        pytest.fail(f"torchrun did not finish: stdout {error.stdout!r} stderr {error.stderr!r}")
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((out / "report.json").read_text())["summary"]
     assert summary["processes"] == 2 and summary["steps"] == 4
