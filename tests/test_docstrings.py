@@ -15,3 +15,13 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, extraglobs={"torch": importlib.import_module("torch")},
                              optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_public_api_resolves_every_exported_name():
+    import perceptual_loss
+
+    assert sorted(perceptual_loss.__all__) == sorted([*perceptual_loss._EXPORTS, "__version__"])
+    for name in perceptual_loss.__all__:
+        assert getattr(perceptual_loss, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        perceptual_loss.nope  # noqa: B018

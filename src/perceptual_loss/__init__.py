@@ -1,36 +1,56 @@
 """Perceptual losses and metrics on the feature maps of frozen ImageNet CNNs.
 
-Public API; see the README for a tour.
+Public API; see the README for a tour. Names are imported on first use, so that
+``import perceptual_loss`` (and the ``perceptual`` command's ``--help``) stays fast.
 """
 
-from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
-from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor
-from perceptual_loss.functional import (
-    feature_distance,
-    gram_matrix,
-    normalize_channels,
-    perceptual_loss,
-    total_variation,
-)
-from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss
-from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
-from perceptual_loss.weights import (
-    WeightsIntegrityError,
-    WeightsNotFoundError,
-    list_weights,
-    resolve_weight_file,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "BackboneSpec": "perceptual_loss.backbones",
+    "get_backbone": "perceptual_loss.backbones",
+    "list_backbones": "perceptual_loss.backbones",
+    "DEFAULT_LAYERS": "perceptual_loss.extractor",
+    "FeatureExtractor": "perceptual_loss.extractor",
+    "feature_distance": "perceptual_loss.functional",
+    "gram_matrix": "perceptual_loss.functional",
+    "normalize_channels": "perceptual_loss.functional",
+    "perceptual_loss": "perceptual_loss.functional",
+    "total_variation": "perceptual_loss.functional",
+    "PerceptualLoss": "perceptual_loss.losses",
+    "TotalVariationLoss": "perceptual_loss.losses",
+    "LPIPS": "perceptual_loss.metrics",
+    "lpips_distance": "perceptual_loss.metrics",
+    "NORMALIZATIONS": "perceptual_loss.preprocess",
+    "Normalization": "perceptual_loss.preprocess",
+    "CT_WINDOWS": "perceptual_loss.volumes",
+    "VolumePerceptualLoss": "perceptual_loss.volumes",
+    "rescale_to_hu": "perceptual_loss.volumes",
+    "volume_perceptual_loss": "perceptual_loss.volumes",
+    "window_ct": "perceptual_loss.volumes",
+    "WeightsIntegrityError": "perceptual_loss.weights",
+    "WeightsNotFoundError": "perceptual_loss.weights",
+    "list_weights": "perceptual_loss.weights",
+    "resolve_weight_file": "perceptual_loss.weights",
+}
+
 __all__ = [
-    "DEFAULT_LAYERS",
-    "NORMALIZATIONS",
     "BackboneSpec",
+    "CT_WINDOWS",
+    "DEFAULT_LAYERS",
     "FeatureExtractor",
+    "LPIPS",
+    "NORMALIZATIONS",
     "Normalization",
     "PerceptualLoss",
     "TotalVariationLoss",
+    "VolumePerceptualLoss",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "__version__",
@@ -39,8 +59,53 @@ __all__ = [
     "gram_matrix",
     "list_backbones",
     "list_weights",
+    "lpips_distance",
     "normalize_channels",
     "perceptual_loss",
+    "rescale_to_hu",
     "resolve_weight_file",
     "total_variation",
+    "volume_perceptual_loss",
+    "window_ct",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perceptual_loss' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
+    from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor
+    from perceptual_loss.functional import (
+        feature_distance,
+        gram_matrix,
+        normalize_channels,
+        perceptual_loss,
+        total_variation,
+    )
+    from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss
+    from perceptual_loss.metrics import LPIPS, lpips_distance
+    from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
+    from perceptual_loss.volumes import (
+        CT_WINDOWS,
+        VolumePerceptualLoss,
+        rescale_to_hu,
+        volume_perceptual_loss,
+        window_ct,
+    )
+    from perceptual_loss.weights import (
+        WeightsIntegrityError,
+        WeightsNotFoundError,
+        list_weights,
+        resolve_weight_file,
+    )

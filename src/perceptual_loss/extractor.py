@@ -237,13 +237,21 @@ def _min_input_size(meta_body: nn.Sequential) -> int:
 
 def _describe(meta_body: nn.Sequential, taps: dict[int, str], min_size: int
               ) -> dict[str, dict[str, int]]:
-    """Channels and stride (input pixels per feature pixel) of each tap."""
-    size = max(min_size, 64) * 4
-    x = torch.empty(1, 3, size, size, device="meta")
-    info: dict[str, dict[str, int]] = {}
-    for index, module in enumerate(meta_body):
-        x = module(x)
-        if index in taps:
-            info[taps[index]] = {"channels": int(x.shape[1]),
-                                 "stride": max(1, round(size / int(x.shape[-1])))}
-    return info
+    """Channels and stride (input pixels per feature pixel) of each tap.
+
+    The stride is measured as the growth of the feature map between two probe sizes 1024
+    pixels apart, so the rounding of strided layers does not bias it.
+    """
+    base = max(min_size, 64) * 4
+    shapes: list[dict[int, tuple[int, int]]] = []
+    for size in (base, base + 1024):
+        x = torch.empty(1, 3, size, size, device="meta")
+        seen: dict[int, tuple[int, int]] = {}
+        for index, module in enumerate(meta_body):
+            x = module(x)
+            if index in taps:
+                seen[index] = (int(x.shape[1]), int(x.shape[-1]))
+        shapes.append(seen)
+    return {taps[i]: {"channels": shapes[0][i][0],
+                      "stride": max(1, round(1024 / (shapes[1][i][1] - shapes[0][i][1])))}
+            for i in sorted(taps)}
