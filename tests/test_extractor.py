@@ -150,3 +150,11 @@ def test_bad_options():
         FeatureExtractor("vgg11", layers=("relu1_1",), weights=None, input_range=(1, 0))
     with pytest.raises(ValueError, match="unknown normalization"):
         FeatureExtractor("vgg11", layers=("relu1_1",), weights=None, normalization="bgr")
+
+
+@pytest.mark.parametrize(("backbone", "layer", "stride"), [
+    ("alexnet", "relu5", 16), ("squeezenet1_1", "fire9", 16), ("vgg19", "relu5_4", 16),
+])
+def test_feature_info_strides_are_exact(backbone, layer, stride):
+    fx = FeatureExtractor(backbone, layers=(layer,), weights=None)
+    assert fx.feature_info[layer]["stride"] == stride
