@@ -116,6 +116,23 @@ class _ConvGeometry:
     groups: int
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _shape_only(like: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+    """An uninitialised stand-in for a forward input whose values a backward never reads.
+
+    The ATen input-gradient kernels read only its shape, dtype and memory format. It is
+    allocated rather than expanded from a scalar because some kernels first make an expanded
+    tensor contiguous (a full copy); an untouched allocation costs no time and, on CPU, no
+    resident memory.
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast would run a convolution in on this device, or ``None``."""
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
@@ -145,6 +162,7 @@ class _ConvBnReLU(torch.autograd.Function):
         cast_dtype = _autocast_dtype(x.device.type) if weight is not None else None
         ctx.input_dtype = x.dtype
         ctx.input_shape = x.shape
+        ctx.channels_last = _is_channels_last(x)
         ctx.geometry = geometry
         ctx.cast_dtype = cast_dtype
         ctx.relu = relu
@@ -167,7 +185,8 @@ class _ConvBnReLU(torch.autograd.Function):
         pre = out
         saved_mask: tuple[Tensor, ...] = ()
         if relu:
-            out = torch.relu(pre)
+            # In place only on a tensor made here and not returned (never on the input).
+            out = torch.relu_(pre) if pre is not x and not keep_pre else torch.relu(pre)
             positive = out > 0
             if bits:
                 packed, shape, permuted = pack_mask(positive)
@@ -195,7 +214,7 @@ class _ConvBnReLU(torch.autograd.Function):
                 positive = unpack_mask(mask_saved[0], *ctx.mask_layout)
             else:
                 positive = mask_saved[0]
-            grad = grad.masked_fill(positive.logical_not(), 0)
+            grad = torch.where(positive, grad, grad.new_zeros(()))
         if grad_pre is not None:
             grad = grad_pre if grad is None else grad + grad_pre
         if grad is None:
@@ -203,7 +222,7 @@ class _ConvBnReLU(torch.autograd.Function):
         if ctx.has_bn:
             # Eval-mode batch norm: the input gradient is grad * weight / sqrt(var + eps);
             # the ATen kernel reads only the input's shape for it, as for the convolution.
-            shape_only = grad.new_empty(()).expand(ctx.bn_input_shape)
+            shape_only = _shape_only(grad, ctx.bn_input_shape, ctx.channels_last)
             grad = torch.ops.aten.native_batch_norm_backward(
                 grad, shape_only, bn_weight, running_mean, running_var, None, None, False,
                 ctx.eps, [True, False, False],
@@ -216,7 +235,7 @@ class _ConvBnReLU(torch.autograd.Function):
             else:
                 grad = grad.to(weight.dtype)
             # Only the shape (and memory format) of the input matters for its gradient.
-            shape_only = grad.new_empty(()).expand(ctx.input_shape)
+            shape_only = _shape_only(grad, ctx.input_shape, ctx.channels_last)
             grad = torch.ops.aten.convolution_backward(
                 grad, shape_only, weight, None, list(geometry.stride), list(geometry.padding),
                 list(geometry.dilation), False, [0, 0], geometry.groups, [True, False, False],
@@ -246,8 +265,7 @@ class _MaxPoolPosition(torch.autograd.Function):
         position = (row * kernel[1] + (delta - row * width)).to(torch.uint8)
         ctx.kernel, ctx.stride = kernel, stride
         ctx.input_shape = x.shape
-        ctx.channels_last = (x.dim() == 4 and not x.is_contiguous()
-                             and x.is_contiguous(memory_format=torch.channels_last))
+        ctx.channels_last = _is_channels_last(x)
         ctx.save_for_backward(position)
         return out
 
@@ -275,7 +293,7 @@ class _MaxPoolPosition(torch.autograd.Function):
         position = position.to(torch.int64)
         row = torch.div(position, kernel[1], rounding_mode="floor")
         indices = base + row * width + (position - row * kernel[1])
-        shape_only = grad.new_empty(()).expand(ctx.input_shape)
+        shape_only = _shape_only(grad, ctx.input_shape, ctx.channels_last)
         grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
             grad, shape_only, list(kernel), list(stride), [0, 0], [1, 1], False, indices
         )
