@@ -1,0 +1,187 @@
+"""Side-by-side speed, memory and FLOPs of perceptual losses; writes ``benchmarks/RESULTS.md``.
+
+Run everything with ``bash benchmarks/run.sh`` (see ``benchmarks/README.md``). Each
+configuration runs in two fresh processes (``worker.py``): one for time (one warm-up call, then
+the median of ``--repeats`` calls) and one for memory and FLOPs (RSS high-water mark of one
+call after construction, with freed memory returned to the OS at once so that RSS follows
+live tensors; FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``).
+
+Options: ``--quick`` (B=4 224x224 content only), ``--device cuda``, ``--dtype bf16``,
+``--repeats N``, ``--only IMPL[,IMPL]``, ``--no-peers``, ``--out PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV_PYTHON = HERE / ".venv" / "bin" / "python"
+PEERS = {"piq", "lpips", "dists"}
+SIZES = [(4, 224), (8, 256), (1, 512)]
+
+# What each implementation is, for the table.
+DESCRIPTIONS = {
+    "article": "the PyTorch article's VGGPerceptualLoss (4 slices, L1, no resize)",
+    "ours": "PerceptualLoss, defaults (lean trunk, NCHW)",
+    "ours-cl": "PerceptualLoss, lean trunk, channels_last=True",
+    "ours-plain": "PerceptualLoss, memory='plain' (ordinary autograd)",
+    "ours-bits": "PerceptualLoss, lean trunk with ReLU masks packed to bits",
+    "ours-ckpt": "PerceptualLoss, plain autograd + activation checkpointing per block",
+    "ours-compile": "torch.compile(PerceptualLoss()) (defaults), compiled in the warm-up call",
+    "ours-lpips": "perceptual_loss.metrics.LPIPS(net='vgg') (relu1_2..relu5_3, heads)",
+    "ours-lpips-cl": "the same with the extractor's channels_last=True",
+    "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
+    "lpips": "lpips.LPIPS(net='vgg'), relu1_2..relu5_3, heads",
+    "dists": "DISTS_pytorch.DISTS (VGG16 with L2 pooling, relu1_2..relu5_3)",
+}
+
+
+def plan(quick: bool, peers: bool) -> list[dict]:
+    """The configurations: (impl, mode, batch, size, style)."""
+    configs: list[dict] = []
+
+    def add(impl: str, mode: str, batch: int, size: int, style: bool) -> None:
+        if impl in PEERS and not peers:
+            return
+        configs.append({"impl": impl, "mode": mode, "batch": batch, "size": size,
+                        "style": style})
+
+    sizes = SIZES[:1] if quick else SIZES
+    for batch, size in sizes:
+        for style in ((False,) if quick else (False, True)):
+            for impl in ("article", "ours", "ours-cl", "ours-plain"):
+                add(impl, "train", batch, size, style)
+            for impl in ("article", "ours", "ours-cl", "piq"):
+                add(impl, "metric", batch, size, style)
+        for impl in ("ours-lpips", "ours-lpips-cl", "lpips"):
+            add(impl, "metric", batch, size, False)
+    batch, size = SIZES[0]
+    for impl in ("ours-bits", "ours-ckpt", "piq", "lpips", "dists"):
+        add(impl, "train", batch, size, False)
+    add("dists", "metric", batch, size, False)
+    if not quick:
+        add("ours-compile", "train", batch, size, False)
+    return configs
+
+
+def run_worker(cfg: dict, timeout: float) -> dict:
+    python = str(VENV_PYTHON) if cfg.get("impl") in PEERS else sys.executable
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE)])
+    if cfg["phase"] == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors go back to the OS at once
+        env["MALLOC_TRIM_THRESHOLD_"] = "0"
+    try:
+        proc = subprocess.run([python, str(HERE / "worker.py"), json.dumps(cfg)], env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"cfg": cfg, "error": f"timed out after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"cfg": cfg, "error": " | ".join(tail) or f"exit code {proc.returncode}"}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+            "cpu": platform.processor()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text()
+                       .splitlines() if line.startswith("MemTotal"))
+        info["memory_gib"] = round(mem_kib / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    if VENV_PYTHON.exists():
+        code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import peers; "
+                "print(json.dumps(peers.versions()))")
+        out = subprocess.run([str(VENV_PYTHON), "-c", code],
+                             capture_output=True, text=True, check=False)
+        if out.returncode == 0:
+            info.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    return info
+
+
+def uptime() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split(" ")[:3].__str__()
+    except OSError:
+        return "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+
+    peers = not args.no_peers and VENV_PYTHON.exists()
+    if not args.no_peers and not peers:
+        print(f"note: {VENV_PYTHON} missing, peers skipped (bash benchmarks/run.sh makes it)")
+    configs = plan(args.quick, peers)
+    if args.only:
+        wanted = set(args.only.split(","))
+        configs = [c for c in configs if c["impl"] in wanted]
+    common = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats}
+    started = time.time()
+    load_before = uptime()
+    calibration = run_worker({"phase": "calibrate", **common}, args.timeout)
+    print("conv throughput:", json.dumps(calibration.get("conv3x3_flops_per_s")), flush=True)
+    results = []
+    for i, cfg in enumerate(configs, 1):
+        cfg = {**cfg, **common}
+        timed = run_worker({**cfg, "phase": "time"}, args.timeout)
+        memory = run_worker({**cfg, "phase": "memory"}, args.timeout)
+        row = {**cfg, "median_s": timed.get("median_s"), "times": timed.get("times"),
+               "peak_bytes": memory.get("peak_bytes"), "flops": memory.get("flops"),
+               "error": timed.get("error") or memory.get("error")}
+        results.append(row)
+        print(f"[{i}/{len(configs)}] {cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} "
+              f"{cfg['size']} style={cfg['style']}: {row['median_s']} s, "
+              f"{(row['peak_bytes'] or 0) / 2**20:.0f} MiB, {row['error'] or ''}", flush=True)
+    # Calibrate again at the end; the better figure is the machine's (the host is shared).
+    again = run_worker({"phase": "calibrate", **common}, args.timeout)
+    if again.get("best", 0) > calibration.get("best", 0):
+        calibration = again
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started),
+        "load_before": load_before, "load_after": uptime(),
+        "machine": machine(), "calibration": calibration, "settings": common,
+        "results": results,
+    }
+    out_dir = HERE / "out"
+    out_dir.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"results-{stamp}.json").write_text(json.dumps(report, indent=1))
+    from report import write_results
+
+    write_results(report, Path(args.out))
+    print(f"wrote {args.out} and {out_dir / f'results-{stamp}.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Run ONE benchmark configuration in this (fresh) process and print one JSON line.
+
+Called by ``benchmarks/bench.py``; run by hand for a single measurement, e.g.::
+
+    PYTHONPATH=src python3 benchmarks/worker.py '{"impl": "ours", "mode": "train",
+        "batch": 4, "size": 224, "style": false, "phase": "time", "repeats": 3}'
+
+Phases:
+    ``time``: one warm-up call, then ``repeats`` timed calls (``loss(x, y).backward()`` in
+        train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode).
+    ``memory``: one warm-up call, then one call with the RSS high-water mark reset just before
+        it (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from ``/proc/self/status``), or
+        ``torch.cuda.max_memory_allocated`` on CUDA; then one call under
+        ``torch.utils.flop_counter.FlopCounterMode`` to count the FLOPs executed.
+    ``calibrate``: this machine's 3x3-convolution throughput (FLOP/s) on VGG-like layers.
+
+Peers (lpips, piq, DISTS_pytorch) need torchvision and run under ``benchmarks/.venv``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+CONTENT_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+# ------------------------------------------------------------------------------ measuring
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_hwm() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------ impls
+def _ours(cfg: dict, **options) -> torch.nn.Module:
+    """This project's PerceptualLoss; ``options`` go to its FeatureExtractor."""
+    from perceptual_loss import FeatureExtractor, PerceptualLoss
+
+    style = CONTENT_LAYERS if cfg["style"] else ()
+    fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None, resize=None, **options)
+    return PerceptualLoss(extractor=fx, layers=CONTENT_LAYERS, style_layers=style)
+
+
+def _ours_checkpointed(cfg: dict) -> torch.nn.Module:
+    """Plain path with activation checkpointing per VGG block (benchmark-local variant)."""
+    from torch.utils.checkpoint import checkpoint
+
+    loss = _ours(cfg, memory="plain")
+    fx = loss.extractor
+    taps = fx._taps
+    body = list(fx.body)
+
+    def forward_preprocessed(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats: dict[str, torch.Tensor] = {}
+        start = 0
+        for end in sorted(taps):
+            segment = torch.nn.Sequential(*body[start:end + 1])
+            if torch.is_grad_enabled() and x.requires_grad:
+                x = checkpoint(segment, x, use_reentrant=False)
+            else:
+                x = segment(x)
+            feats[taps[end]] = x
+            start = end + 1
+        return feats
+
+    fx.forward_preprocessed = forward_preprocessed  # type: ignore[method-assign]
+    return loss
+
+
+def _article(cfg: dict) -> Callable:
+    from article import VGGPerceptualLoss
+
+    module = VGGPerceptualLoss(resize=False)
+    style = (0, 1, 2, 3) if cfg["style"] else ()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.inner(x, y, feature_layers=(0, 1, 2, 3), style_layers=style)
+
+    return Wrapped()
+
+
+def _peer(cfg: dict) -> torch.nn.Module:
+    import peers
+
+    return peers.build(cfg["impl"], style=cfg["style"])
+
+
+def build(cfg: dict) -> torch.nn.Module:
+    impl = cfg["impl"]
+    if impl == "article":
+        return _article(cfg)
+    if impl == "ours":
+        return _ours(cfg)
+    if impl == "ours-plain":
+        return _ours(cfg, memory="plain")
+    if impl == "ours-cl":
+        return _ours(cfg, channels_last=True)
+    if impl == "ours-nchw":
+        return _ours(cfg, channels_last=False)
+    if impl == "ours-bits":
+        from perceptual_loss._lean import build_plan
+
+        loss = _ours(cfg)
+        fx = loss.extractor
+        fx._lean_plan = build_plan(fx.body, fx._taps, bits=True)
+        return loss
+    if impl == "ours-ckpt":
+        return _ours_checkpointed(cfg)
+    if impl == "ours-compile":
+        return torch.compile(_ours(cfg))
+    if impl == "ours-lpips":
+        from perceptual_loss.metrics import LPIPS
+
+        return LPIPS(net="vgg", weights=None)
+    if impl == "ours-lpips-cl":
+        from perceptual_loss.metrics import LPIPS
+
+        metric = LPIPS(net="vgg", weights=None)
+        metric.extractor.channels_last = True  # the extractor option, set after construction
+        metric.extractor.body.to(memory_format=torch.channels_last)
+        return metric
+    return _peer(cfg)
+
+
+# ------------------------------------------------------------------------------ phases
+def calibrate(device: torch.device, repeats: int = 5) -> dict:
+    """Best FLOP/s of a 3x3 convolution forward over VGG16-like layers, NCHW and NHWC."""
+    shapes = [(4, 64, 64, 224), (4, 128, 128, 112), (4, 256, 256, 56), (4, 512, 512, 28)]
+    out: dict[str, float] = {}
+    for layout in ("nchw", "channels_last"):
+        flops = seconds = 0.0
+        for n, cin, cout, hw in shapes:
+            x = torch.randn(n, cin, hw, hw, device=device)
+            w = torch.randn(cout, cin, 3, 3, device=device) * 0.01
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+                w = w.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                torch.nn.functional.conv2d(x, w, padding=1)
+                _sync(device)
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    torch.nn.functional.conv2d(x, w, padding=1)
+                    _sync(device)
+                    best = min(best, time.perf_counter() - t0)
+            flops += 2.0 * n * cout * hw * hw * cin * 9
+            seconds += best
+        out[layout] = flops / seconds
+    return {"conv3x3_flops_per_s": out, "best": max(out.values())}
+
+
+def run(cfg: dict) -> dict:
+    torch.manual_seed(0)
+    device = torch.device(cfg.get("device", "cpu"))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    if cfg["phase"] == "calibrate":
+        return calibrate(device)
+    amp = cfg.get("dtype", "fp32") == "bf16"
+    loss_fn = build(cfg).to(device)
+    n, size = cfg["batch"], cfg["size"]
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(n, 3, size, size, generator=g).to(device)
+    prediction = torch.rand(n, 3, size, size, generator=g).to(device)
+    train = cfg["mode"] == "train"
+
+    def step() -> None:
+        x = prediction.detach().requires_grad_(train)
+        with torch.set_grad_enabled(train), torch.autocast(device.type, torch.bfloat16,
+                                                           enabled=amp):
+            value = loss_fn(x, target)
+        if train:
+            value.backward()
+        _sync(device)
+
+    result: dict = {"cfg": cfg}
+    if cfg["phase"] == "memory":
+        step()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        else:
+            base_kib = _status_kib("VmRSS")
+            _reset_hwm()
+            step()
+            result["peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+            result["rss_after_build_bytes"] = base_kib * 1024
+        gc.collect()
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        result["flops"] = counter.get_total_flops()
+        return result
+    step()  # warm-up (allocator, oneDNN primitives, compilation)
+    times = []
+    for _ in range(int(cfg.get("repeats", 3))):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    result["times"] = times
+    result["median_s"] = statistics.median(times)
+    return result
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    if cfg.get("phase") == "memory" and cfg.get("device", "cpu") == "cpu":
+        # Return freed blocks to the OS at once so that RSS follows live memory.
+        assert os.environ.get("MALLOC_MMAP_THRESHOLD_"), "bench.py sets MALLOC_MMAP_THRESHOLD_"
+    print("RESULT " + json.dumps(run(cfg)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
