@@ -214,7 +214,10 @@ class _ConvBnReLU(torch.autograd.Function):
                 positive = unpack_mask(mask_saved[0], *ctx.mask_layout)
             else:
                 positive = mask_saved[0]
-            grad = torch.where(positive, grad, grad.new_zeros(()))
+            memory_format = (torch.channels_last if ctx.channels_last
+                             else torch.contiguous_format)
+            # A multiply by the boolean mask: one vectorised pass, unlike torch.where.
+            grad = grad.contiguous(memory_format=memory_format) * positive
         if grad_pre is not None:
             grad = grad_pre if grad is None else grad + grad_pre
         if grad is None:
@@ -274,21 +277,9 @@ class _MaxPoolPosition(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
         (position,) = ctx.saved_tensors
         kernel, stride = ctx.kernel, ctx.stride
-        height, width = ctx.input_shape[-2:]
+        width = ctx.input_shape[-1]
         out_h, out_w = grad.shape[-2:]
-        if kernel == stride:
-            # Windows do not overlap: write each of the k*k offsets with a strided slice.
-            memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
-            grad_input = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device,
-                                     memory_format=memory_format).zero_()
-            zero = grad.new_zeros(())
-            for dy in range(kernel[0]):
-                for dx in range(kernel[1]):
-                    target = grad_input[..., dy:out_h * stride[0]:stride[0],
-                                        dx:out_w * stride[1]:stride[1]]
-                    target.copy_(torch.where(position == dy * kernel[1] + dx, grad, zero))
-            return grad_input, None, None
-        # Overlapping windows: rebuild the flat indices and use the plain backward kernel.
+        # Rebuild the flat int64 indices (transient) and use the plain backward kernel.
         base = _window_origins((out_h, out_w), stride, width, grad.device)
         position = position.to(torch.int64)
         row = torch.div(position, kernel[1], rounding_mode="floor")
@@ -299,7 +290,6 @@ class _MaxPoolPosition(torch.autograd.Function):
         )
         if ctx.channels_last:
             grad_input = grad_input.contiguous(memory_format=torch.channels_last)
-        del height
         return grad_input, None, None
 
 
