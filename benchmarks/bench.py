@@ -1,10 +1,10 @@
 """Side-by-side speed, memory and FLOPs of perceptual losses; writes ``benchmarks/RESULTS.md``.
 
 Run everything with ``bash benchmarks/run.sh`` (see ``benchmarks/README.md``). Each
-configuration runs in two fresh processes (``worker.py``): one for time (one warm-up call, then
-the median of ``--repeats`` calls) and one for memory and FLOPs (RSS high-water mark of one
-call after construction, with freed memory returned to the OS at once so that RSS follows
-live tensors; FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``).
+configuration runs in a fresh process (``worker.py``): one warm-up call, the median of
+``--repeats`` timed calls, then one call for memory (RSS high-water mark above the RSS before
+it, with freed memory returned to the OS at once so that RSS follows live tensors) and FLOPs
+(``torch.utils.flop_counter.FlopCounterMode``).
 
 Options: ``--quick`` (B=4 224x224 content only), ``--device cuda``, ``--dtype bf16``,
 ``--repeats N``, ``--only IMPL[,IMPL]``, ``--no-peers``, ``--out PATH``.
@@ -58,16 +58,18 @@ def plan(quick: bool, peers: bool) -> list[dict]:
     sizes = SIZES[:1] if quick else SIZES
     for batch, size in sizes:
         for style in ((False,) if quick else (False, True)):
-            for impl in ("article", "ours", "ours-cl", "ours-plain"):
+            for impl in ("article", "ours", "ours-cl"):
                 add(impl, "train", batch, size, style)
-            for impl in ("article", "ours", "ours-cl", "piq"):
+            for impl in ("ours", "ours-cl", "piq"):
                 add(impl, "metric", batch, size, style)
+    for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
         for impl in ("ours-lpips", "ours-lpips-cl", "lpips"):
             add(impl, "metric", batch, size, False)
     batch, size = SIZES[0]
-    for impl in ("ours-bits", "ours-ckpt", "piq", "lpips", "dists"):
+    for impl in ("ours-plain", "ours-bits", "ours-ckpt", "piq"):
         add(impl, "train", batch, size, False)
-    add("dists", "metric", batch, size, False)
+    for impl in ("article", "dists"):
+        add(impl, "metric", batch, size, False)
     if not quick:
         add("ours-compile", "train", batch, size, False)
     return configs
@@ -77,9 +79,6 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     python = str(VENV_PYTHON) if cfg.get("impl") in PEERS else sys.executable
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE)])
-    if cfg["phase"] == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors go back to the OS at once
-        env["MALLOC_TRIM_THRESHOLD_"] = "0"
     try:
         proc = subprocess.run([python, str(HERE / "worker.py"), json.dumps(cfg)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
@@ -153,11 +152,9 @@ def main() -> None:
     results = []
     for i, cfg in enumerate(configs, 1):
         cfg = {**cfg, **common}
-        timed = run_worker({**cfg, "phase": "time"}, args.timeout)
-        memory = run_worker({**cfg, "phase": "memory"}, args.timeout)
-        row = {**cfg, "median_s": timed.get("median_s"), "times": timed.get("times"),
-               "peak_bytes": memory.get("peak_bytes"), "flops": memory.get("flops"),
-               "error": timed.get("error") or memory.get("error")}
+        measured = run_worker({**cfg, "phase": "measure"}, args.timeout)
+        row = {**cfg, **{k: measured.get(k) for k in ("median_s", "times", "peak_bytes",
+                                                      "flops", "error")}}
         results.append(row)
         print(f"[{i}/{len(configs)}] {cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} "
               f"{cfg['size']} style={cfg['style']}: {row['median_s']} s, "

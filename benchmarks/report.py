@@ -128,11 +128,14 @@ def write_results(report: dict, path: Path) -> None:
         "- training: `loss(x, y).backward()` with `x.requires_grad_()`; metric: `loss(x, y)` "
         "under `torch.no_grad()`. Inputs uniform in [0, 1], no resize, layers relu1_2, relu2_2, "
         "relu3_3, relu4_3 of VGG16, L1; 'style' adds Gram terms on the same layers.",
-        "- Every configuration runs in fresh processes: one for time, one for memory and FLOPs.",
-        "- Peak memory: RSS high-water mark of one call minus RSS right after construction "
-        "(`/proc/self/clear_refs` <- 5, `VmHWM`), with glibc returning freed blocks at once "
-        "(`MALLOC_MMAP_THRESHOLD_=65536`); on CUDA `torch.cuda.max_memory_allocated` minus the "
-        "allocation before the call.",
+        "- Every configuration runs in a fresh process: construction, one warm-up call, the "
+        "timed calls, 3 calls for memory and one for FLOPs.",
+        "- Peak memory: median over 3 calls of the RSS high-water mark during the call minus "
+        "the RSS just before it "
+        "(`/proc/self/clear_refs` <- 5, `VmHWM`), after glibc is told to serve blocks of 64 KiB "
+        "or more with mmap and to return freed memory at once (`mallopt`, `malloc_trim`), so "
+        "RSS follows live tensors; the model and its weights are in the baseline. On CUDA "
+        "`torch.cuda.max_memory_allocated` minus the allocation before the call.",
         "- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one call (convolutions, "
         "their backward, matrix products); 'of conv peak' is FLOPs / time / the best measured "
         "convolution throughput above.",

@@ -3,15 +3,15 @@
 Called by ``benchmarks/bench.py``; run by hand for a single measurement, e.g.::
 
     PYTHONPATH=src python3 benchmarks/worker.py '{"impl": "ours", "mode": "train",
-        "batch": 4, "size": 224, "style": false, "phase": "time", "repeats": 3}'
+        "batch": 4, "size": 224, "style": false, "repeats": 3}'
 
 Phases:
-    ``time``: one warm-up call, then ``repeats`` timed calls (``loss(x, y).backward()`` in
-        train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode).
-    ``memory``: one warm-up call, then one call with the RSS high-water mark reset just before
-        it (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from ``/proc/self/status``), or
-        ``torch.cuda.max_memory_allocated`` on CUDA; then one call under
-        ``torch.utils.flop_counter.FlopCounterMode`` to count the FLOPs executed.
+    ``measure`` (default): one warm-up call, ``repeats`` timed calls (``loss(x, y).backward()``
+        in train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode), then one call
+        for memory (median of 3) and FLOPs: the RSS high-water mark is reset just before it
+        (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from ``/proc/self/status``) after
+        glibc is told to return freed blocks at once, or ``torch.cuda.max_memory_allocated``
+        on CUDA; ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs of that call.
     ``calibrate``: this machine's 3x3-convolution throughput (FLOP/s) on VGG-like layers.
 
 Peers (lpips, piq, DISTS_pytorch) need torchvision and run under ``benchmarks/.venv``.
@@ -19,9 +19,9 @@ Peers (lpips, piq, DISTS_pytorch) need torchvision and run under ``benchmarks/.v
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -203,28 +204,6 @@ def run(cfg: dict) -> dict:
         _sync(device)
 
     result: dict = {"cfg": cfg}
-    if cfg["phase"] == "memory":
-        step()
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            step()
-            result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
-        else:
-            base_kib = _status_kib("VmRSS")
-            _reset_hwm()
-            step()
-            result["peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
-            result["rss_after_build_bytes"] = base_kib * 1024
-        gc.collect()
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        result["flops"] = counter.get_total_flops()
-        return result
     step()  # warm-up (allocator, oneDNN primitives, compilation)
     times = []
     for _ in range(int(cfg.get("repeats", 3))):
@@ -233,14 +212,46 @@ def run(cfg: dict) -> dict:
         times.append(time.perf_counter() - t0)
     result["times"] = times
     result["median_s"] = statistics.median(times)
+
+    # Memory: median over calls of the peak above the level before the call. On CPU, glibc is
+    # first told to serve every block of 64 KiB or more with mmap and to give freed memory back
+    # at once, so that RSS follows the live tensors; the high-water mark is reset before each
+    # call. FLOPs: one more call under FlopCounterMode.
+    gc.collect()
+    peaks = []
+    if device.type == "cuda":
+        for _ in range(int(cfg.get("memory_repeats", 3))):
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    else:
+        _return_freed_memory()
+        for _ in range(int(cfg.get("memory_repeats", 3))):
+            gc.collect()
+            base_kib = _status_kib("VmRSS")
+            _reset_hwm()
+            step()
+            peaks.append((_status_kib("VmHWM") - base_kib) * 1024)
+    result["peaks_bytes"] = peaks
+    result["peak_bytes"] = statistics.median(peaks)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    result["flops"] = counter.get_total_flops()
     return result
+
+
+def _return_freed_memory() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024)
+    libc.mallopt(m_trim_threshold, 0)
+    libc.malloc_trim(0)
 
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
-    if cfg.get("phase") == "memory" and cfg.get("device", "cpu") == "cpu":
-        # Return freed blocks to the OS at once so that RSS follows live memory.
-        assert os.environ.get("MALLOC_MMAP_THRESHOLD_"), "bench.py sets MALLOC_MMAP_THRESHOLD_"
     print("RESULT " + json.dumps(run(cfg)), flush=True)
 
 
