@@ -1,13 +1,14 @@
 """Side-by-side speed, memory and FLOPs of perceptual losses; writes ``benchmarks/RESULTS.md``.
 
 Run everything with ``bash benchmarks/run.sh`` (see ``benchmarks/README.md``). Each
-configuration runs in a fresh process (``worker.py``): one warm-up call, the median of
-``--repeats`` timed calls, then one call for memory (RSS high-water mark above the RSS before
-it, with freed memory returned to the OS at once so that RSS follows live tensors) and FLOPs
-(``torch.utils.flop_counter.FlopCounterMode``).
+configuration runs in two fresh processes (``worker.py``): one for time (one warm-up call, then
+the median of ``--repeats`` calls) and one for memory (RSS high-water mark of the first call
+above the RSS after construction, with glibc returning freed blocks at once so that RSS
+follows live tensors) and FLOPs (``torch.utils.flop_counter.FlopCounterMode``).
 
 Options: ``--quick`` (B=4 224x224 content only), ``--device cuda``, ``--dtype bf16``,
-``--repeats N``, ``--only IMPL[,IMPL]``, ``--no-peers``, ``--out PATH``.
+``--repeats N``, ``--only IMPL[,IMPL]``, ``--no-peers``, ``--out PATH``, ``--prototype`` (the
+proposed loss restructuring of ``docs/performance.md`` against the article, training only).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ DESCRIPTIONS = {
     "ours-bits": "PerceptualLoss, lean trunk with ReLU masks packed to bits",
     "ours-ckpt": "PerceptualLoss, plain autograd + activation checkpointing per block",
     "ours-compile": "torch.compile(PerceptualLoss()) (defaults), compiled in the warm-up call",
+    "proto": "prototype of the proposed loss restructuring (benchmarks/worker.py): prediction "
+             "and target interleaved per segment, lean trunk, L1 saving an int8 sign",
+    "proto-cl": "the same prototype with channels_last",
     "ours-lpips": "perceptual_loss.metrics.LPIPS(net='vgg') (relu1_2..relu5_3, heads)",
     "ours-lpips-cl": "the same with the extractor's channels_last=True",
     "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
@@ -45,9 +49,13 @@ DESCRIPTIONS = {
 }
 
 
-def plan(quick: bool, peers: bool) -> list[dict]:
+def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     """The configurations: (impl, mode, batch, size, style)."""
     configs: list[dict] = []
+    if prototype:  # the proposed loss restructuring against the article, training, content
+        return [{"impl": impl, "mode": "train", "batch": batch, "size": size, "style": False}
+                for batch, size in (SIZES[:1] if quick else SIZES)
+                for impl in ("article", "ours", "ours-cl", "proto", "proto-cl")]
 
     def add(impl: str, mode: str, batch: int, size: int, style: bool) -> None:
         if impl in PEERS and not peers:
@@ -60,6 +68,9 @@ def plan(quick: bool, peers: bool) -> list[dict]:
         for style in ((False,) if quick else (False, True)):
             for impl in ("article", "ours", "ours-cl"):
                 add(impl, "train", batch, size, style)
+            if not style and not quick:
+                for impl in ("proto", "proto-cl"):
+                    add(impl, "train", batch, size, style)
             for impl in ("ours", "ours-cl", "piq"):
                 add(impl, "metric", batch, size, style)
     for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
@@ -79,6 +90,11 @@ def run_worker(cfg: dict, timeout: float) -> dict:
     python = str(VENV_PYTHON) if cfg.get("impl") in PEERS else sys.executable
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE)])
+    if cfg["phase"] == "memory":
+        # Every block of 64 KiB or more is mmapped and given back when freed, so RSS follows
+        # live tensors (this slows allocation down, hence a separate process for time).
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env["MALLOC_TRIM_THRESHOLD_"] = "0"
     try:
         proc = subprocess.run([python, str(HERE / "worker.py"), json.dumps(cfg)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
@@ -128,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--prototype", action="store_true",
+                        help="only the prototype of the proposed loss restructuring")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=3)
@@ -140,7 +158,7 @@ def main() -> None:
     peers = not args.no_peers and VENV_PYTHON.exists()
     if not args.no_peers and not peers:
         print(f"note: {VENV_PYTHON} missing, peers skipped (bash benchmarks/run.sh makes it)")
-    configs = plan(args.quick, peers)
+    configs = plan(args.quick, peers, args.prototype)
     if args.only:
         wanted = set(args.only.split(","))
         configs = [c for c in configs if c["impl"] in wanted]
@@ -152,9 +170,11 @@ def main() -> None:
     results = []
     for i, cfg in enumerate(configs, 1):
         cfg = {**cfg, **common}
-        measured = run_worker({**cfg, "phase": "measure"}, args.timeout)
-        row = {**cfg, **{k: measured.get(k) for k in ("median_s", "times", "peak_bytes",
-                                                      "flops", "error")}}
+        timed = run_worker({**cfg, "phase": "time"}, args.timeout)
+        memory = run_worker({**cfg, "phase": "memory"}, args.timeout)
+        row = {**cfg, "median_s": timed.get("median_s"), "times": timed.get("times"),
+               "peak_bytes": memory.get("peak_bytes"), "flops": memory.get("flops"),
+               "error": timed.get("error") or memory.get("error")}
         results.append(row)
         print(f"[{i}/{len(configs)}] {cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} "
               f"{cfg['size']} style={cfg['style']}: {row['median_s']} s, "

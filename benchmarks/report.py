@@ -62,8 +62,10 @@ def table(report: dict) -> list[str]:
 def targets(report: dict) -> list[str]:
     rows = report["results"]
     by = {(r["impl"],) + _key(r): r for r in rows}
-    lines = ["| target | configuration | ours (defaults) | ours, channels_last |",
-             "|---|---|---|---|"]
+    present = {r["impl"] for r in rows}
+    columns = [c for c in ("ours", "ours-cl", "proto", "proto-cl") if c in present]
+    lines = ["| target | configuration | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for (mode, batch, size, style) in sorted({_key(r) for r in rows}):
         ref = by.get(("article", mode, batch, size, style))
         label = f"B={batch} {size}^2, {'content + style' if style else 'content'}"
@@ -73,11 +75,11 @@ def targets(report: dict) -> list[str]:
                                          "train_memory"),
                                         ("training FLOPs (<= 1.00x)", "flops", None)):
                 cells = []
-                for impl in ("ours", "ours-cl"):
+                for impl in columns:
                     row = by.get((impl, mode, batch, size, style))
                     ratio = _ratio(row.get(field), ref.get(field)) if row else None
                     cells.append(_verdict(ratio, TARGETS[target] if target else 1.0))
-                lines.append(f"| {what} vs article | {label} | {cells[0]} | {cells[1]} |")
+                lines.append(f"| {what} vs article | {label} | " + " | ".join(cells) + " |")
         if mode == "metric":
             for ours, peers in (("ours", ("piq",)), ("ours-lpips", ("lpips",))):
                 times = [by[(p, mode, batch, size, style)]["median_s"] for p in peers
@@ -90,8 +92,9 @@ def targets(report: dict) -> list[str]:
                     row = by.get((impl, mode, batch, size, style))
                     cells.append(_verdict(_ratio(row.get("median_s") if row else None,
                                                  min(times)), TARGETS["metric_time"]))
-                lines.append(f"| metric time vs fastest of {'/'.join(peers)} ({ours}) "
-                             f"| {label} | {cells[0]} | {cells[1]} |")
+                cells += [""] * (len(columns) - len(cells))
+                lines.append(f"| metric time vs fastest of {'/'.join(peers)} ({ours}, {ours}-cl) "
+                             f"| {label} | " + " | ".join(cells[:len(columns)]) + " |")
     return lines
 
 
@@ -128,14 +131,14 @@ def write_results(report: dict, path: Path) -> None:
         "- training: `loss(x, y).backward()` with `x.requires_grad_()`; metric: `loss(x, y)` "
         "under `torch.no_grad()`. Inputs uniform in [0, 1], no resize, layers relu1_2, relu2_2, "
         "relu3_3, relu4_3 of VGG16, L1; 'style' adds Gram terms on the same layers.",
-        "- Every configuration runs in a fresh process: construction, one warm-up call, the "
-        "timed calls, 3 calls for memory and one for FLOPs.",
-        "- Peak memory: median over 3 calls of the RSS high-water mark during the call minus "
-        "the RSS just before it "
-        "(`/proc/self/clear_refs` <- 5, `VmHWM`), after glibc is told to serve blocks of 64 KiB "
-        "or more with mmap and to return freed memory at once (`mallopt`, `malloc_trim`), so "
-        "RSS follows live tensors; the model and its weights are in the baseline. On CUDA "
-        "`torch.cuda.max_memory_allocated` minus the allocation before the call.",
+        "- Every configuration runs in two fresh processes: time (one warm-up call, then the "
+        "timed calls) and memory + FLOPs.",
+        "- Peak memory: RSS high-water mark of the first call minus the RSS right after "
+        "construction (`/proc/self/clear_refs` <- 5, `VmHWM`), in a process where glibc serves "
+        "blocks of 64 KiB or more with mmap and returns freed memory at once "
+        "(`MALLOC_MMAP_THRESHOLD_=65536`), so RSS follows live tensors; the model is in the "
+        "baseline. On CUDA `torch.cuda.max_memory_allocated` minus the allocation before the "
+        "call.",
         "- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one call (convolutions, "
         "their backward, matrix products); 'of conv peak' is FLOPs / time / the best measured "
         "convolution throughput above.",

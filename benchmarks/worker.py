@@ -3,15 +3,16 @@
 Called by ``benchmarks/bench.py``; run by hand for a single measurement, e.g.::
 
     PYTHONPATH=src python3 benchmarks/worker.py '{"impl": "ours", "mode": "train",
-        "batch": 4, "size": 224, "style": false, "repeats": 3}'
+        "batch": 4, "size": 224, "style": false, "phase": "time", "repeats": 3}'
 
 Phases:
-    ``measure`` (default): one warm-up call, ``repeats`` timed calls (``loss(x, y).backward()``
-        in train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode), then one call
-        for memory (median of 3) and FLOPs: the RSS high-water mark is reset just before it
-        (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from ``/proc/self/status``) after
-        glibc is told to return freed blocks at once, or ``torch.cuda.max_memory_allocated``
-        on CUDA; ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs of that call.
+    ``time``: one warm-up call, then ``repeats`` timed calls (``loss(x, y).backward()`` in
+        train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode).
+    ``memory``: the RSS high-water mark of the first call above the RSS right after
+        construction (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from
+        ``/proc/self/status``; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors
+        leave RSS at once), or ``torch.cuda.max_memory_allocated`` on CUDA; then one call under
+        ``torch.utils.flop_counter.FlopCounterMode`` to count the FLOPs executed.
     ``calibrate``: this machine's 3x3-convolution throughput (FLOP/s) on VGG-like layers.
 
 Peers (lpips, piq, DISTS_pytorch) need torchvision and run under ``benchmarks/.venv``.
@@ -19,7 +20,6 @@ Peers (lpips, piq, DISTS_pytorch) need torchvision and run under ``benchmarks/.v
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import statistics
@@ -91,6 +91,62 @@ def _ours_checkpointed(cfg: dict) -> torch.nn.Module:
     return loss
 
 
+class _L1MeanSign(torch.autograd.Function):
+    """``mean(|p - t|)`` that saves ``sign(p - t)`` as int8 instead of the float difference."""
+
+    @staticmethod
+    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        diff = prediction.float() - target.float()
+        ctx.save_for_backward(torch.sign(diff).to(torch.int8))
+        ctx.numel, ctx.dtype = diff.numel(), prediction.dtype
+        return diff.abs_().mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (sign,) = ctx.saved_tensors
+        return (sign.to(torch.float32) * (grad / ctx.numel)).to(ctx.dtype), None
+
+
+class _InterleavedPrototype(torch.nn.Module):
+    """Prototype of the loss restructuring proposed in docs/performance.md (content, L1).
+
+    Per segment of the trunk between two tapped layers: the target runs without autograd,
+    the prediction runs through the lean ops, their L1 distance saves only a sign, and both
+    maps are dropped once the next segment has consumed them. Same value as PerceptualLoss.
+    """
+
+    def __init__(self, channels_last: bool) -> None:
+        super().__init__()
+        from perceptual_loss import FeatureExtractor
+        from perceptual_loss._lean import build_plan
+
+        self.fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None,
+                                   channels_last=channels_last)
+        body, start = list(self.fx.body), 0
+        self.segments = []
+        for end in sorted(self.fx._taps):
+            segment = torch.nn.Sequential(*body[start:end + 1])
+            self.segments.append((segment, build_plan(segment, [end - start]), end - start))
+            start = end + 1
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from perceptual_loss._lean import lean_forward
+
+        self.fx.check_input(x, "prediction")
+        self.fx.check_input(y, "target")
+        xp, yp = self.fx.preprocess(x), self.fx.preprocess(y)
+        if self.fx.channels_last:
+            xp = xp.contiguous(memory_format=torch.channels_last)
+            yp = yp.contiguous(memory_format=torch.channels_last)
+        total = xp.new_zeros(())
+        for segment, plan, last in self.segments:
+            with torch.no_grad():
+                yp = lean_forward(segment, yp, plan)[last]
+            xp = lean_forward(segment, xp, plan)[last]
+            total = total + _L1MeanSign.apply(xp, yp)
+        return total
+
+
 def _article(cfg: dict) -> Callable:
     from article import VGGPerceptualLoss
 
@@ -137,6 +193,8 @@ def build(cfg: dict) -> torch.nn.Module:
         return _ours_checkpointed(cfg)
     if impl == "ours-compile":
         return torch.compile(_ours(cfg))
+    if impl in ("proto", "proto-cl"):
+        return _InterleavedPrototype(channels_last=impl == "proto-cl")
     if impl == "ours-lpips":
         from perceptual_loss.metrics import LPIPS
 
@@ -204,6 +262,26 @@ def run(cfg: dict) -> dict:
         _sync(device)
 
     result: dict = {"cfg": cfg}
+    if cfg["phase"] == "memory":
+        # Peak of the first call above the level right after construction; bench.py starts
+        # this process with glibc serving blocks of 64 KiB or more with mmap and returning
+        # freed memory at once, so that RSS follows the live tensors. Then FLOPs of one call.
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        else:
+            base_kib = _status_kib("VmRSS")
+            _reset_hwm()
+            step()
+            result["peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        result["flops"] = counter.get_total_flops()
+        return result
     step()  # warm-up (allocator, oneDNN primitives, compilation)
     times = []
     for _ in range(int(cfg.get("repeats", 3))):
@@ -212,42 +290,7 @@ def run(cfg: dict) -> dict:
         times.append(time.perf_counter() - t0)
     result["times"] = times
     result["median_s"] = statistics.median(times)
-
-    # Memory: median over calls of the peak above the level before the call. On CPU, glibc is
-    # first told to serve every block of 64 KiB or more with mmap and to give freed memory back
-    # at once, so that RSS follows the live tensors; the high-water mark is reset before each
-    # call. FLOPs: one more call under FlopCounterMode.
-    gc.collect()
-    peaks = []
-    if device.type == "cuda":
-        for _ in range(int(cfg.get("memory_repeats", 3))):
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            step()
-            peaks.append(torch.cuda.max_memory_allocated(device) - base)
-    else:
-        _return_freed_memory()
-        for _ in range(int(cfg.get("memory_repeats", 3))):
-            gc.collect()
-            base_kib = _status_kib("VmRSS")
-            _reset_hwm()
-            step()
-            peaks.append((_status_kib("VmHWM") - base_kib) * 1024)
-    result["peaks_bytes"] = peaks
-    result["peak_bytes"] = statistics.median(peaks)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    result["flops"] = counter.get_total_flops()
     return result
-
-
-def _return_freed_memory() -> None:
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
-    libc.mallopt(m_trim_threshold, 0)
-    libc.malloc_trim(0)
 
 
 def main() -> None:
