@@ -41,6 +41,8 @@ DESCRIPTIONS = {
     "proto": "prototype of the proposed loss restructuring (benchmarks/worker.py): prediction "
              "and target interleaved per segment, lean trunk, L1 saving an int8 sign",
     "proto-cl": "the same prototype with channels_last",
+    "proto-chunk": "the prototype run one sample at a time (value equal to rounding)",
+    "proto-chunk-cl": "the chunked prototype with channels_last",
     "ours-lpips": "perceptual_loss.metrics.LPIPS(net='vgg') (relu1_2..relu5_3, heads)",
     "ours-lpips-cl": "the same with the extractor's channels_last=True",
     "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
@@ -55,7 +57,8 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     if prototype:  # the proposed loss restructuring against the article, training, content
         return [{"impl": impl, "mode": "train", "batch": batch, "size": size, "style": False}
                 for batch, size in (SIZES[:1] if quick else SIZES)
-                for impl in ("article", "ours", "ours-cl", "proto", "proto-cl")]
+                for impl in ("article", "ours", "proto", "proto-cl", "proto-chunk",
+                             "proto-chunk-cl")]
 
     def add(impl: str, mode: str, batch: int, size: int, style: bool) -> None:
         if impl in PEERS and not peers:

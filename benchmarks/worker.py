@@ -115,9 +115,11 @@ class _InterleavedPrototype(torch.nn.Module):
     maps are dropped once the next segment has consumed them. Same value as PerceptualLoss.
     """
 
-    def __init__(self, channels_last: bool) -> None:
+    def __init__(self, channels_last: bool, chunk: int | None = None) -> None:
         super().__init__()
         from perceptual_loss import FeatureExtractor
+
+        self.chunk = chunk
         from perceptual_loss._lean import build_plan
 
         self.fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None,
@@ -130,10 +132,19 @@ class _InterleavedPrototype(torch.nn.Module):
             start = end + 1
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from perceptual_loss._lean import lean_forward
-
         self.fx.check_input(x, "prediction")
         self.fx.check_input(y, "target")
+        if not self.chunk or x.shape[0] <= self.chunk:
+            return self._content(x, y)
+        # Samples in chunks: every transient map is chunk/N of the batch's; the masks and
+        # signs kept for backward are the same as for the whole batch.
+        parts = [self._content(xc, yc) * xc.shape[0]
+                 for xc, yc in zip(x.split(self.chunk), y.split(self.chunk), strict=True)]
+        return torch.stack(parts).sum() / x.shape[0]
+
+    def _content(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from perceptual_loss._lean import lean_forward
+
         xp, yp = self.fx.preprocess(x), self.fx.preprocess(y)
         if self.fx.channels_last:
             xp = xp.contiguous(memory_format=torch.channels_last)
@@ -193,8 +204,9 @@ def build(cfg: dict) -> torch.nn.Module:
         return _ours_checkpointed(cfg)
     if impl == "ours-compile":
         return torch.compile(_ours(cfg))
-    if impl in ("proto", "proto-cl"):
-        return _InterleavedPrototype(channels_last=impl == "proto-cl")
+    if impl in ("proto", "proto-cl", "proto-chunk", "proto-chunk-cl"):
+        return _InterleavedPrototype(channels_last=impl.endswith("-cl"),
+                                     chunk=1 if "chunk" in impl else None)
     if impl == "ours-lpips":
         from perceptual_loss.metrics import LPIPS
 
