@@ -25,14 +25,7 @@ from perceptual_loss.apps.data import (
     split_holdout,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHARED_MEDICAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "medical"
 

@@ -103,13 +103,7 @@ def test_build_model_round_trips_config_and_weights(net):
     rebuilt.load_state_dict(net.state_dict())  # strict: same layout
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_build_model_errors():

@@ -9,14 +9,7 @@ from perceptual_loss.apps.io import load_image, save_image
 from perceptual_loss.apps.training import load_checkpoint
 from perceptual_loss.cli import cli
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

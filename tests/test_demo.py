@@ -14,14 +14,7 @@ from perceptual_loss.apps.demo import (
 )
 from perceptual_loss.cli import cli
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gaussian_blur_matches_a_direct_2d_convolution():

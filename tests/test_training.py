@@ -23,14 +23,7 @@ from perceptual_loss.apps.training import (
     train_restoration,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids oversubscribing a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _images(count=3, size=40, seed=0):
     generator = torch.Generator().manual_seed(seed)
