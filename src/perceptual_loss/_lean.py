@@ -263,9 +263,12 @@ class _MaxPoolPosition(torch.autograd.Function):
         out, indices = F.max_pool2d(x, kernel, stride, return_indices=True)
         width = x.shape[-1]
         base = _window_origins(out.shape[-2:], stride, width, x.device)
-        delta = indices - base
+        # position = row * kw + col with delta = row * width + col: in place on the indices,
+        # one int64 temporary (large temporaries are fresh pages, and page faults add up).
+        delta = indices.sub_(base)
         row = torch.div(delta, width, rounding_mode="floor")
-        position = (row * kernel[1] + (delta - row * width)).to(torch.uint8)
+        position = delta.sub_(row.mul_(width - kernel[1])).to(torch.uint8)
+        del indices, delta, row
         ctx.kernel, ctx.stride = kernel, stride
         ctx.input_shape = x.shape
         ctx.channels_last = _is_channels_last(x)
@@ -281,9 +284,10 @@ class _MaxPoolPosition(torch.autograd.Function):
         out_h, out_w = grad.shape[-2:]
         # Rebuild the flat int64 indices (transient) and use the plain backward kernel.
         base = _window_origins((out_h, out_w), stride, width, grad.device)
-        position = position.to(torch.int64)
-        row = torch.div(position, kernel[1], rounding_mode="floor")
-        indices = base + row * width + (position - row * kernel[1])
+        indices = position.to(torch.int64)
+        row = torch.div(indices, kernel[1], rounding_mode="floor")
+        indices.add_(row.mul_(width - kernel[1])).add_(base)  # row * width + col + origin
+        del row
         shape_only = _shape_only(grad, ctx.input_shape, ctx.channels_last)
         grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
             grad, shape_only, list(kernel), list(stride), [0, 0], [1, 1], False, indices
