@@ -165,7 +165,7 @@ def test_target_gets_no_gradient_unless_it_asks():
     assert y2.grad is not None and y2.grad.abs().sum() > 0
 
 
-def test_metric_mode_single_pass_equals_training_mode():
+def test_metric_mode_equals_training_mode():
     x, y = _images(3, 3, 16, 16)
     loss_fn = PerceptualLoss(**TINY, style_layers=("relu1_1",), reduction="none")
     with torch.no_grad():
@@ -323,3 +323,66 @@ def test_functional_form_caches_its_module():
     b = perceptual_loss(x, y, **TINY)
     assert _cached_loss.cache_info().hits == 1 and _cached_loss.cache_info().misses == 1
     torch.testing.assert_close(a, b)
+
+
+def _saved_float_bytes(loss_fn, x, y):
+    """Bytes of floating-point tensors autograd keeps for backward (parameters excluded)."""
+    params = {p.data_ptr() for p in loss_fn.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.is_floating_point() and t.data_ptr() not in params:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(x, y)
+    return sum(saved)
+
+
+def test_training_step_keeps_no_float_feature_maps():
+    x, y = _images(2, 3, 32, 32)
+    x.requires_grad_(True)
+    lean = PerceptualLoss("vgg16", weights=None)
+    plain = PerceptualLoss(extractor=FeatureExtractor("vgg16", weights=None, memory="plain"))
+    image_bytes = x.numel() * x.element_size()
+    # Lean: at most a few image-sized tensors (preprocessing); plain: every activation.
+    assert _saved_float_bytes(lean, x, y) <= 4 * image_bytes
+    assert _saved_float_bytes(plain, x, y) > 50 * image_bytes
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_chunked_batch_gives_same_values_and_gradients(chunk_size):
+    x, y = _images(3, 3, 16, 16)
+    options = dict(**TINY, style_layers=("relu1_1",), pixel_mse=1.0, reduction="none")
+    whole = PerceptualLoss(**options)
+    chunked = PerceptualLoss(**options, chunk_size=chunk_size)
+    chunked.load_state_dict(whole.state_dict())
+    chunked.extractor.load_state_dict(whole.extractor.state_dict())
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, parts_a = whole(x1, y, return_parts=True)
+    b, parts_b = chunked(x2, y, return_parts=True)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert list(parts_a) == list(parts_b)
+    (a.sum()).backward()
+    (b.sum()).backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_chunked_batch_with_cached_targets_and_per_channel_images():
+    x, y = _images(4, 2, 16, 16)
+    options = dict(**TINY, channel_mode="per_channel", reduction="none")
+    whole = PerceptualLoss(**options)
+    chunked = PerceptualLoss(extractor=whole.extractor, chunk_size=3, reduction="none")
+    expected = whole(x, y)
+    chunked.set_target(y)
+    torch.testing.assert_close(chunked(x), expected, rtol=1e-5, atol=1e-7)
+    style = PerceptualLoss(extractor=whole.extractor, layers=(), style_layers=("relu1_1",),
+                           chunk_size=1, reduction="none")
+    style.set_style_target(y[:1])
+    reference = PerceptualLoss(extractor=whole.extractor, layers=(), style_layers=("relu1_1",),
+                               reduction="none")
+    torch.testing.assert_close(style(x, y), reference(x, y[:1].expand_as(y)),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="chunk_size"):
+        PerceptualLoss(**TINY, chunk_size=0)

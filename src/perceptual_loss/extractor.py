@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from perceptual_loss._checks import check_image, check_input_range, check_values
-from perceptual_loss._lean import build_plan, lean_forward
+from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
 from perceptual_loss.backbones import BackboneSpec, get_backbone
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
 from perceptual_loss.weights import load_weights_into
@@ -111,7 +111,7 @@ class FeatureExtractor(nn.Module):
         self.body.requires_grad_(False)
         self.body.eval()
         self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}
-        self._lean_plan = build_plan(self.body, self._taps)
+        self._segments = _segments(list(self.body), sorted(self._taps))
         if self.channels_last:
             self.body.to(memory_format=torch.channels_last)
         self.preprocess = Preprocessor(normalization or implied, self.input_range,
@@ -184,26 +184,61 @@ class FeatureExtractor(nn.Module):
 
     def forward_preprocessed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the truncated backbone on already preprocessed ``(N, 3, H, W)`` input."""
+        return dict(self.iter_features(x))
+
+    def iter_features(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(layer, feature map)`` in depth order, one trunk segment at a time.
+
+        A consumer that uses each map and drops it before asking for the next keeps at most
+        one segment's maps alive; :class:`~perceptual_loss.PerceptualLoss` computes each
+        layer's distance this way. ``x`` is preprocessed ``(N, 3, H, W)`` input.
+        """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.memory == "lean":
-            outputs = lean_forward(self.body, x, self._lean_plan)
-            return {self._taps[index]: outputs[index] for index in sorted(self._taps)}
-        features: dict[str, torch.Tensor] = {}
-        for index, module in enumerate(self.body):
-            if isinstance(module, nn.ReLU) and (index - 1) in self._taps:
-                x = F.relu(x)  # never overwrite the tapped pre-activation in place
-            else:
-                x = module(x)
-            if index in self._taps:
-                features[self._taps[index]] = x
-        return features
+        trunk = list(self.body)  # read at call time: replicas (DataParallel) hold their own
+        for start, plan, keep in self._segments:
+            modules = trunk[start: start + keep[-1] + 1]
+            if self.memory == "lean":
+                outputs = lean_forward(modules, x, plan)
+                for local in keep:
+                    yield self._taps[start + local], outputs[local]
+                x = outputs[keep[-1]]
+                del outputs
+                continue
+            for local, module in enumerate(modules):
+                if isinstance(module, nn.ReLU) and (local - 1) in keep:
+                    x = F.relu(x)  # never overwrite the tapped pre-activation in place
+                else:
+                    x = module(x)
+                if local in keep:
+                    yield self._taps[start + local], x
 
     def extra_repr(self) -> str:
         return (f"backbone={self.spec.name!r}, layers={self.layers}, "
                 f"weights={self.weights_source!r}, normalization={self.normalization.name!r}, "
                 f"input_range={self.input_range}, channel_mode={self.channel_mode!r}, "
                 f"resize={self.preprocess.resize}")
+
+
+def _segments(modules: list[nn.Module], taps: list[int]
+              ) -> list[tuple[int, LeanPlan, list[int]]]:
+    """Cut the trunk after every tap; consecutive taps (``conv5_4``, ``relu5_4``) share one.
+
+    Returns:
+        ``(first index, lean plan, tapped positions within the segment)`` per segment.
+    """
+    segments = []
+    start, i = 0, 0
+    while i < len(taps):
+        keep = [taps[i]]
+        while i + 1 < len(taps) and taps[i + 1] == keep[-1] + 1:
+            i += 1
+            keep.append(taps[i])
+        part = modules[start: keep[-1] + 1]
+        local = [k - start for k in keep]
+        segments.append((start, build_plan(part, local), local))
+        start, i = keep[-1] + 1, i + 1
+    return segments
 
 
 def _fits(meta_body: nn.Sequential, size: int) -> bool:

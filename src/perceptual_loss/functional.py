@@ -101,16 +101,48 @@ def feature_distance(prediction: torch.Tensor, target: torch.Tensor,
     Returns:
         ``(N,)``, computed in float32 (float64 stays float64).
     """
-    diff = _float32(prediction) - _float32(target)
     if criterion == "l1":
-        per_element = diff.abs()
-    elif criterion in ("mse", "l2"):
+        return _MeanAbsolutePerSample.apply(prediction, target)
+    diff = _float32(prediction) - _float32(target)
+    if criterion in ("mse", "l2"):
         per_element = diff.pow(2)
     elif criterion == "charbonnier":
         per_element = torch.sqrt(diff.pow(2) + eps * eps)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     return per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+
+
+class _MeanAbsolutePerSample(torch.autograd.Function):
+    """``mean(|p - t|)`` per sample that keeps only ``sign(p - t)`` (int8) for backward.
+
+    Plain autograd keeps the float difference (4 bytes an element) until backward; the
+    gradient needs only its sign. Values and gradients equal ``(p - t).abs().mean``'s,
+    including the zero gradient where ``p == t``. ``t`` may be broadcast to ``p``.
+    """
+
+    @staticmethod
+    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        diff = _float32(prediction) - _float32(target)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.save_for_backward(torch.sign(diff).to(torch.int8))
+            ctx.shapes = (prediction.shape, target.shape)
+            ctx.dtypes = (prediction.dtype, target.dtype)
+        per_sample = diff.abs_().reshape(diff.shape[0], -1)
+        ctx.count = per_sample.shape[1]
+        return per_sample.mean(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
+        (sign,) = ctx.saved_tensors
+        scale = (grad / ctx.count).view(-1, *([1] * (sign.dim() - 1)))
+        grad_diff = sign.to(scale.dtype) * scale
+        grad_prediction = grad_target = None
+        if ctx.needs_input_grad[0]:
+            grad_prediction = grad_diff.sum_to_size(ctx.shapes[0]).to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            grad_target = (-grad_diff).sum_to_size(ctx.shapes[1]).to(ctx.dtypes[1])
+        return grad_prediction, grad_target
 
 
 def total_variation(images: torch.Tensor, kind: Literal["l1", "l2"] = "l1") -> torch.Tensor:

@@ -68,6 +68,15 @@ class PerceptualLoss(nn.Module):
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for ``(N,)``.
         check_values: Check inputs for NaN/Inf and range (syncs the device; off for speed).
         charbonnier_eps: Smoothing constant of the Charbonnier distance.
+        memory: ``"lean"`` (default): the frozen backbone keeps only what the input gradient
+            needs (byte masks instead of float activations; same values and gradients).
+            ``"plain"``: ordinary autograd, needed only for double backward.
+        channels_last: Run the backbone in channels-last memory format (faster convolutions
+            on CPU; values differ by float rounding only).
+        chunk_size: Run the backbone on at most this many samples at a time. Values and
+            gradients are unchanged; the peak memory of a training step falls with the chunk
+            (``chunk_size=1`` keeps about a third of the plain computation's activations),
+            at the cost of smaller convolutions (slower on a GPU).
         extractor: Reuse this prebuilt extractor instead of building one.
 
     Shape:
@@ -108,6 +117,9 @@ class PerceptualLoss(nn.Module):
         reduction: Reduction = "mean",
         check_values: bool = True,
         charbonnier_eps: float = 1e-3,
+        memory: Literal["lean", "plain"] = "lean",
+        channels_last: bool = False,
+        chunk_size: int | None = None,
         extractor: FeatureExtractor | None = None,
     ) -> None:
         super().__init__()
@@ -132,7 +144,7 @@ class PerceptualLoss(nn.Module):
             self.extractor = FeatureExtractor(
                 backbone, wanted or ("relu1_1",), weights, input_range=input_range,
                 channel_mode=channel_mode, resize=resize, normalization=normalization,
-                check_values=check_values,
+                check_values=check_values, memory=memory, channels_last=channels_last,
             ) if wanted else None
             spec = self.extractor.spec if self.extractor is not None else None
         canon = spec.canonical if spec is not None else (lambda n: n)
@@ -157,6 +169,9 @@ class PerceptualLoss(nn.Module):
         self.tv_weight = float(tv_weight)
         self.reduction = reduction
         self.charbonnier_eps = charbonnier_eps
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+        self.chunk_size = int(chunk_size) if chunk_size is not None else None
         self.input_range = (self.extractor.input_range if self.extractor is not None
                             else (float(input_range[0]), float(input_range[1])))
         self.check_values = self.extractor.check_values if self.extractor is not None \
@@ -253,49 +268,78 @@ class PerceptualLoss(nn.Module):
 
     def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None,
                        terms: dict[str, torch.Tensor]) -> None:
-        n = prediction.shape[0]
-        cached = self._cached_target
+        assert self.extractor is not None
+        fx = self.extractor
+        fx.check_input(prediction, "prediction")
         need_target = bool(self.layers) or (bool(self.style_layers) and self._cached_style is None)
-        grad_pred = torch.is_grad_enabled() and prediction.requires_grad
+        use_target = target is not None and need_target
+        if use_target:
+            fx.check_input(target, "target")
+        n = prediction.shape[0]
+        chunk = self.chunk_size or n
+        chunk_terms: list[dict[str, torch.Tensor]] = []
+        for first in range(0, n, chunk):
+            rows = slice(first, min(first + chunk, n))
+            part: dict[str, torch.Tensor] = {}
+            self._stream_chunk(prediction[rows], target[rows] if use_target else None, rows,
+                               part)
+            chunk_terms.append(part)
+        for name in chunk_terms[0]:
+            terms[name] = torch.cat([part[name] for part in chunk_terms]) \
+                if len(chunk_terms) > 1 else chunk_terms[0][name]
+
+    def _stream_chunk(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice,
+                      terms: dict[str, torch.Tensor]) -> None:
+        """Feature terms of a slice of the batch, one trunk segment at a time.
+
+        Each layer's distance is taken as soon as both images reach it, and the maps are
+        dropped before the next segment runs: with the lean trunk, what stays for backward is
+        a byte mask per activation and an int8 sign per L1 element, not float maps.
+        """
+        assert self.extractor is not None
+        fx = self.extractor
+        n = prediction.shape[0]
         grad_target = target is not None and torch.is_grad_enabled() and target.requires_grad
-        if target is not None and need_target and not grad_pred and not grad_target:
-            # Metric mode: one batched pass serves both images.
-            self.extractor.check_input(prediction, "prediction")
-            self.extractor.check_input(target, "target")
-            both = self.extractor.forward_preprocessed(
-                self.extractor.preprocess(torch.cat([prediction, target])))
-            pred_feats = {k: v[: v.shape[0] // 2] for k, v in both.items()}
-            target_feats: dict[str, torch.Tensor] | None = {
-                k: v[v.shape[0] // 2:] for k, v in both.items()}
-        else:
-            pred_feats = self._features(prediction, "prediction")
-            if target is not None and need_target:
+        pred_stream = fx.iter_features(fx.preprocess(prediction))
+        target_stream = fx.iter_features(fx.preprocess(target)) if target is not None else None
+        cached = self._cached_target
+        content = dict(zip(self.layers, self.layer_weights, strict=True))
+        style = dict(zip(self.style_layers, self.style_layer_weights, strict=True))
+        for layer, p in pred_stream:
+            if target_stream is not None:
                 with torch.set_grad_enabled(grad_target):
-                    target_feats = self._features(target, "target")
+                    _, t = next(target_stream)
+            elif cached is not None and layer in cached:
+                t = cached[layer]
+                batch = cached["__image__"].shape[0]
+                if batch != 1:  # one cached target per sample: take this chunk's rows
+                    per_image = t.shape[0] // batch
+                    t = t[rows.start * per_image: rows.stop * per_image]
             else:
-                target_feats = cached
-
-        groups = pred_feats[next(iter(pred_feats))].shape[0] // n  # channels in per_channel mode
-
-        def per_sample(values: torch.Tensor) -> torch.Tensor:
-            return values.view(n, groups).mean(1) if groups > 1 else values
-
-        for layer, weight in zip(self.layers, self.layer_weights, strict=True):
-            assert target_feats is not None
-            p, t = pred_feats[layer], _match_batch(target_feats[layer], pred_feats[layer])
-            if self.normalize_features:
-                p, t = normalize_channels(p), normalize_channels(t)
-            d = feature_distance(p, t, self.criterion, eps=self.charbonnier_eps)
-            terms[f"content/{layer}"] = self.feature_weight * weight * per_sample(d)
-        for layer, weight in zip(self.style_layers, self.style_layer_weights, strict=True):
-            gram_p = gram_matrix(pred_feats[layer])
-            if self._cached_style is not None:
-                gram_t = _match_batch(self._cached_style[layer], gram_p)
-            else:
-                assert target_feats is not None
-                gram_t = gram_matrix(_match_batch(target_feats[layer], pred_feats[layer]))
-            d = feature_distance(gram_p, gram_t, self.style_criterion, eps=self.charbonnier_eps)
-            terms[f"style/{layer}"] = self.style_weight * weight * per_sample(d)
+                t = None
+            if layer in content:
+                assert t is not None
+                pt, tt = p, _match_batch(t, p)
+                if self.normalize_features:
+                    pt, tt = normalize_channels(pt), normalize_channels(tt)
+                d = feature_distance(pt, tt, self.criterion, eps=self.charbonnier_eps)
+                terms[f"content/{layer}"] = self.feature_weight * content[layer] * _per_sample(d, n)
+            if layer in style:
+                gram_p = gram_matrix(p)
+                if self._cached_style is not None:
+                    gram_t = _match_batch(self._cached_style[layer], gram_p)
+                else:
+                    assert t is not None
+                    gram_t = gram_matrix(_match_batch(t, p))
+                d = feature_distance(gram_p, gram_t, self.style_criterion,
+                                     eps=self.charbonnier_eps)
+                terms[f"style/{layer}"] = self.style_weight * style[layer] * _per_sample(d, n)
+            del p, t
+        ordered = {f"content/{k}": None for k in self.layers}
+        ordered.update({f"style/{k}": None for k in self.style_layers})
+        for name in ordered:
+            ordered[name] = terms.pop(name)
+        terms.update(ordered)
 
     def _pixel_terms(self, prediction: torch.Tensor, target: torch.Tensor,
                      terms: dict[str, torch.Tensor]) -> None:
@@ -349,6 +393,11 @@ class TotalVariationLoss(nn.Module):
         """Total variation of ``images``."""
         check_image(images, "images")
         return reduce(total_variation(images, self.kind), self.reduction)
+
+
+def _per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Average per-image values over the channels that ``per_channel`` mode stacked."""
+    return values.view(n, -1).mean(1) if values.shape[0] != n else values
 
 
 def _match_batch(reference: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
