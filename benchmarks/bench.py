@@ -8,7 +8,7 @@ follows live tensors) and FLOPs (``torch.utils.flop_counter.FlopCounterMode``).
 
 Options: ``--quick`` (B=4 224x224 content only), ``--device cuda``, ``--dtype bf16``,
 ``--repeats N``, ``--only IMPL[,IMPL]``, ``--no-peers``, ``--out PATH``, ``--prototype`` (the
-proposed loss restructuring of ``docs/performance.md`` against the article, training only).
+training-memory variants against the article, content only).
 """
 
 from __future__ import annotations
@@ -38,11 +38,8 @@ DESCRIPTIONS = {
     "ours-bits": "PerceptualLoss, lean trunk with ReLU masks packed to bits",
     "ours-ckpt": "PerceptualLoss, plain autograd + activation checkpointing per block",
     "ours-compile": "torch.compile(PerceptualLoss()) (defaults), compiled in the warm-up call",
-    "proto": "prototype of the proposed loss restructuring (benchmarks/worker.py): prediction "
-             "and target interleaved per segment, lean trunk, L1 saving an int8 sign",
-    "proto-cl": "the same prototype with channels_last",
-    "proto-chunk": "the prototype run one sample at a time (value equal to rounding)",
-    "proto-chunk-cl": "the chunked prototype with channels_last",
+    "ours-chunk1": "PerceptualLoss(chunk_size=1): the backbone runs one sample at a time",
+    "ours-chunk1-cl": "PerceptualLoss(chunk_size=1), channels_last=True",
     "ours-lpips": "perceptual_loss.metrics.LPIPS(net='vgg') (relu1_2..relu5_3, heads)",
     "ours-lpips-cl": "the same with the extractor's channels_last=True",
     "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
@@ -54,11 +51,10 @@ DESCRIPTIONS = {
 def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     """The configurations: (impl, mode, batch, size, style)."""
     configs: list[dict] = []
-    if prototype:  # the proposed loss restructuring against the article, training, content
+    if prototype:  # training memory variants against the article, content only
         return [{"impl": impl, "mode": "train", "batch": batch, "size": size, "style": False}
                 for batch, size in (SIZES[:1] if quick else SIZES)
-                for impl in ("article", "ours", "proto", "proto-cl", "proto-chunk",
-                             "proto-chunk-cl")]
+                for impl in ("article", "ours", "ours-cl", "ours-chunk1", "ours-chunk1-cl")]
 
     def add(impl: str, mode: str, batch: int, size: int, style: bool) -> None:
         if impl in PEERS and not peers:
@@ -71,8 +67,8 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
         for style in ((False,) if quick else (False, True)):
             for impl in ("article", "ours", "ours-cl"):
                 add(impl, "train", batch, size, style)
-            if not style and not quick:
-                for impl in ("proto", "proto-cl"):
+            if batch > 1:
+                for impl in ("ours-chunk1", "ours-chunk1-cl"):
                     add(impl, "train", batch, size, style)
             for impl in ("ours", "ours-cl", "piq"):
                 add(impl, "metric", batch, size, style)
@@ -148,7 +144,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--prototype", action="store_true",
-                        help="only the prototype of the proposed loss restructuring")
+                        help="only the training-memory variants (content) against the article")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=3)

@@ -63,8 +63,7 @@ def targets(report: dict) -> list[str]:
     rows = report["results"]
     by = {(r["impl"],) + _key(r): r for r in rows}
     present = {r["impl"] for r in rows}
-    columns = [c for c in ("ours", "ours-cl", "proto", "proto-cl", "proto-chunk",
-                           "proto-chunk-cl") if c in present]
+    columns = [c for c in ("ours", "ours-cl", "ours-chunk1", "ours-chunk1-cl") if c in present]
     lines = ["| target | configuration | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for (mode, batch, size, style) in sorted({_key(r) for r in rows}):

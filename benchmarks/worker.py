@@ -56,13 +56,14 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------ impls
-def _ours(cfg: dict, **options) -> torch.nn.Module:
+def _ours(cfg: dict, chunk_size: int | None = None, **options) -> torch.nn.Module:
     """This project's PerceptualLoss; ``options`` go to its FeatureExtractor."""
     from perceptual_loss import FeatureExtractor, PerceptualLoss
 
     style = CONTENT_LAYERS if cfg["style"] else ()
     fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None, resize=None, **options)
-    return PerceptualLoss(extractor=fx, layers=CONTENT_LAYERS, style_layers=style)
+    return PerceptualLoss(extractor=fx, layers=CONTENT_LAYERS, style_layers=style,
+                          chunk_size=chunk_size)
 
 
 def _ours_checkpointed(cfg: dict) -> torch.nn.Module:
@@ -87,75 +88,11 @@ def _ours_checkpointed(cfg: dict) -> torch.nn.Module:
             start = end + 1
         return feats
 
-    fx.forward_preprocessed = forward_preprocessed  # type: ignore[method-assign]
+    def iter_features(x: torch.Tensor):  # noqa: ANN202
+        yield from forward_preprocessed(x).items()
+
+    fx.iter_features = iter_features  # type: ignore[method-assign]
     return loss
-
-
-class _L1MeanSign(torch.autograd.Function):
-    """``mean(|p - t|)`` that saves ``sign(p - t)`` as int8 instead of the float difference."""
-
-    @staticmethod
-    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        diff = prediction.float() - target.float()
-        ctx.save_for_backward(torch.sign(diff).to(torch.int8))
-        ctx.numel, ctx.dtype = diff.numel(), prediction.dtype
-        return diff.abs_().mean()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        (sign,) = ctx.saved_tensors
-        return (sign.to(torch.float32) * (grad / ctx.numel)).to(ctx.dtype), None
-
-
-class _InterleavedPrototype(torch.nn.Module):
-    """Prototype of the loss restructuring proposed in docs/performance.md (content, L1).
-
-    Per segment of the trunk between two tapped layers: the target runs without autograd,
-    the prediction runs through the lean ops, their L1 distance saves only a sign, and both
-    maps are dropped once the next segment has consumed them. Same value as PerceptualLoss.
-    """
-
-    def __init__(self, channels_last: bool, chunk: int | None = None) -> None:
-        super().__init__()
-        from perceptual_loss import FeatureExtractor
-
-        self.chunk = chunk
-        from perceptual_loss._lean import build_plan
-
-        self.fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None,
-                                   channels_last=channels_last)
-        body, start = list(self.fx.body), 0
-        self.segments = []
-        for end in sorted(self.fx._taps):
-            segment = torch.nn.Sequential(*body[start:end + 1])
-            self.segments.append((segment, build_plan(segment, [end - start]), end - start))
-            start = end + 1
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.fx.check_input(x, "prediction")
-        self.fx.check_input(y, "target")
-        if not self.chunk or x.shape[0] <= self.chunk:
-            return self._content(x, y)
-        # Samples in chunks: every transient map is chunk/N of the batch's; the masks and
-        # signs kept for backward are the same as for the whole batch.
-        parts = [self._content(xc, yc) * xc.shape[0]
-                 for xc, yc in zip(x.split(self.chunk), y.split(self.chunk), strict=True)]
-        return torch.stack(parts).sum() / x.shape[0]
-
-    def _content(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from perceptual_loss._lean import lean_forward
-
-        xp, yp = self.fx.preprocess(x), self.fx.preprocess(y)
-        if self.fx.channels_last:
-            xp = xp.contiguous(memory_format=torch.channels_last)
-            yp = yp.contiguous(memory_format=torch.channels_last)
-        total = xp.new_zeros(())
-        for segment, plan, last in self.segments:
-            with torch.no_grad():
-                yp = lean_forward(segment, yp, plan)[last]
-            xp = lean_forward(segment, xp, plan)[last]
-            total = total + _L1MeanSign.apply(xp, yp)
-        return total
 
 
 def _article(cfg: dict) -> Callable:
@@ -198,15 +135,18 @@ def build(cfg: dict) -> torch.nn.Module:
 
         loss = _ours(cfg)
         fx = loss.extractor
-        fx._lean_plan = build_plan(fx.body, fx._taps, bits=True)
+        trunk = list(fx.body)
+        fx._segments = [(start, build_plan(trunk[start:start + keep[-1] + 1], keep, bits=True),
+                         keep) for start, _, keep in fx._segments]
         return loss
     if impl == "ours-ckpt":
         return _ours_checkpointed(cfg)
     if impl == "ours-compile":
         return torch.compile(_ours(cfg))
-    if impl in ("proto", "proto-cl", "proto-chunk", "proto-chunk-cl"):
-        return _InterleavedPrototype(channels_last=impl.endswith("-cl"),
-                                     chunk=1 if "chunk" in impl else None)
+    if impl == "ours-chunk1":
+        return _ours(cfg, chunk_size=1)
+    if impl == "ours-chunk1-cl":
+        return _ours(cfg, chunk_size=1, channels_last=True)
     if impl == "ours-lpips":
         from perceptual_loss.metrics import LPIPS
 
