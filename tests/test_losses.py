@@ -386,3 +386,15 @@ def test_chunked_batch_with_cached_targets_and_per_channel_images():
                                rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="chunk_size"):
         PerceptualLoss(**TINY, chunk_size=0)
+
+
+def test_cached_targets_follow_the_module_to_another_dtype():
+    x, y = _images(2, 3, 16, 16)
+    loss_fn = PerceptualLoss(**TINY, style_layers=("relu1_1",))
+    loss_fn.set_target(y)
+    loss_fn.set_style_target(y[:1])
+    expected = loss_fn(x)
+    loss_fn.double()
+    value = loss_fn(x.double())
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value.float(), expected, rtol=1e-4, atol=1e-6)

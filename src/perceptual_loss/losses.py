@@ -212,6 +212,15 @@ class PerceptualLoss(nn.Module):
             feats = self._features(target, "target")
             self._cached_target.update({n: f.detach() for n, f in feats.items()})
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        """Move and cast cached targets with the module (``.to``, ``.cuda``, ``.double``)."""
+        super()._apply(fn, recurse)
+        for name in ("_cached_target", "_cached_style"):
+            cached = getattr(self, name)
+            if cached is not None:
+                setattr(self, name, {k: fn(v) for k, v in cached.items()})
+        return self
+
     def clear_targets(self) -> None:
         """Forget targets cached by :meth:`set_target` and :meth:`set_style_target`."""
         self._cached_target = None
