@@ -398,3 +398,20 @@ def test_cached_targets_follow_the_module_to_another_dtype():
     value = loss_fn(x.double())
     assert value.dtype == torch.float64
     torch.testing.assert_close(value.float(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_target_pass_stops_after_the_last_layer_it_serves():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(loss_fn, *args):
+        with FlopCounterMode(display=False) as counter:
+            loss_fn(*args)
+        return counter.get_total_flops()
+
+    x, y = _images(1, 3, 32, 32)
+    loss_fn = PerceptualLoss("vgg11", layers=("relu1_1",), weights=None,
+                             style_layers=("relu1_1", "relu4_1"))
+    both_full = flops(loss_fn, x, y)
+    loss_fn.set_style_target(y)
+    # The prediction still runs to relu4_1; the target only to relu1_1.
+    assert flops(loss_fn, x, y) < 0.6 * both_full

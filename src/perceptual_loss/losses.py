@@ -314,25 +314,32 @@ class PerceptualLoss(nn.Module):
         cached = self._cached_target
         content = dict(zip(self.layers, self.layer_weights, strict=True))
         style = dict(zip(self.style_layers, self.style_layer_weights, strict=True))
+        # Layers whose target maps are needed; the target's pass stops after the last one
+        # (with cached style Grams, e.g. content at relu2_2, style up to relu4_3).
+        target_layers = set(content) | (set() if self._cached_style is not None else set(style))
+        found: dict[str, torch.Tensor] = {}
         for layer, p in pred_stream:
+            t = None
             if target_stream is not None:
                 with torch.set_grad_enabled(grad_target):
                     _, t = next(target_stream)
+                target_layers.discard(layer)
+                if not target_layers:
+                    target_stream.close()
+                    target_stream = None
             elif cached is not None and layer in cached:
                 t = cached[layer]
                 batch = cached["__image__"].shape[0]
                 if batch != 1:  # one cached target per sample: take this chunk's rows
                     per_image = t.shape[0] // batch
                     t = t[rows.start * per_image: rows.stop * per_image]
-            else:
-                t = None
             if layer in content:
                 assert t is not None
                 pt, tt = p, _match_batch(t, p)
                 if self.normalize_features:
                     pt, tt = normalize_channels(pt), normalize_channels(tt)
                 d = feature_distance(pt, tt, self.criterion, eps=self.charbonnier_eps)
-                terms[f"content/{layer}"] = self.feature_weight * content[layer] * _per_sample(d, n)
+                found[f"content/{layer}"] = self.feature_weight * content[layer] * _per_sample(d, n)
             if layer in style:
                 gram_p = gram_matrix(p)
                 if self._cached_style is not None:
@@ -342,13 +349,11 @@ class PerceptualLoss(nn.Module):
                     gram_t = gram_matrix(_match_batch(t, p))
                 d = feature_distance(gram_p, gram_t, self.style_criterion,
                                      eps=self.charbonnier_eps)
-                terms[f"style/{layer}"] = self.style_weight * style[layer] * _per_sample(d, n)
+                found[f"style/{layer}"] = self.style_weight * style[layer] * _per_sample(d, n)
             del p, t
-        ordered = {f"content/{k}": None for k in self.layers}
-        ordered.update({f"style/{k}": None for k in self.style_layers})
-        for name in ordered:
-            ordered[name] = terms.pop(name)
-        terms.update(ordered)
+        # In the order the layers were given, content first.
+        terms.update({f"content/{k}": found[f"content/{k}"] for k in self.layers})
+        terms.update({f"style/{k}": found[f"style/{k}"] for k in self.style_layers})
 
     def _pixel_terms(self, prediction: torch.Tensor, target: torch.Tensor,
                      terms: dict[str, torch.Tensor]) -> None:
