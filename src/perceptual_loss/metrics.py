@@ -488,16 +488,20 @@ class LPIPS(nn.Module):
 
     def _tile_maps(self, prediction: torch.Tensor, target: torch.Tensor
                    ) -> list[torch.Tensor]:
-        feats_a = self.extractor.forward_preprocessed(self.extractor.preprocess(prediction))
-        feats_b = self.extractor.forward_preprocessed(self.extractor.preprocess(target))
-        maps: list[torch.Tensor] = []
-        with torch.autocast(prediction.device.type, enabled=False):
-            for index, name in enumerate(self.net.layers):
-                difference = (normalize_channels(feats_a[name], UNIT_NORM_EPS)
-                              - normalize_channels(feats_b[name], UNIT_NORM_EPS))
-                head = getattr(self, f"head{index}").float()
-                maps.append((difference.square() * head).sum(dim=1, keepdim=True))
-        return maps
+        # Both images advance one trunk segment at a time; each layer's map is taken as soon as
+        # both reach it, so only one segment's features are alive at once.
+        fx = self.extractor
+        stream_a = fx.iter_features(fx.preprocess(prediction))
+        stream_b = fx.iter_features(fx.preprocess(target))
+        maps_by_layer: dict[str, torch.Tensor] = {}
+        for (name, feat_a), (_, feat_b) in zip(stream_a, stream_b, strict=True):
+            with torch.autocast(prediction.device.type, enabled=False):
+                difference = (normalize_channels(feat_a, UNIT_NORM_EPS)
+                              - normalize_channels(feat_b, UNIT_NORM_EPS))
+                head = getattr(self, f"head{self.net.layers.index(name)}").float()
+                maps_by_layer[name] = (difference.square() * head).sum(dim=1, keepdim=True)
+            del feat_a, feat_b, difference
+        return [maps_by_layer[name] for name in self.net.layers]
 
     def extra_repr(self) -> str:
         return (f"net={self.net.name!r}, version={self.version!r}, lpips={self.lpips}, "
