@@ -170,3 +170,17 @@ def test_default_layers_follow_the_backbone():
                                                "relu5_2")
     with pytest.raises(ValueError, match="unknown backbone"):
         default_feature_layers("resnet")
+
+
+def test_help_prints_one_example_per_line():
+    result = CliRunner().invoke(cli, ["features", "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "\\b" not in result.output and "\b" not in result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    examples = lines[lines.index("Examples:") + 1:]
+    examples = examples[: examples.index("")]
+    assert examples == [
+        "perceptual features photo.jpg",
+        "perceptual features ct.png --gray --layers relu1_2,relu3_3 --colormap magma -o "
+        "ct_maps",
+    ]

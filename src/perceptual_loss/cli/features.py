@@ -62,7 +62,7 @@ def features(
     colormap: str,
     gray: bool,
 ) -> None:
-    r"""Save what each chosen layer of the backbone sees in IMAGE.
+    """Save what each chosen layer of the backbone sees in IMAGE.
 
     Writes <layer>.png (a grid of that layer's most active channels, each scaled to its own
     range) and overview.png (the image, then a row of channels per layer, all at one size):
@@ -72,7 +72,7 @@ def features(
     Examples:
       perceptual features photo.jpg
       perceptual features ct.png --gray --layers relu1_2,relu3_3 --colormap magma -o ct_maps
-    """
+    """  # noqa: D301 (\b must stay click's no-rewrap mark)
     from perceptual_loss.apps.io import load_image
     from perceptual_loss.apps.visualize import (
         check_colormap,
