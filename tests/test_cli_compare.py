@@ -265,3 +265,16 @@ def test_error_inside_a_dataloader_worker_is_still_one_line(tmp_path):
     assert result.stderr.startswith("Error: ")
     assert "x.png is 20x20 pixels but" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_prints_one_example_per_line():
+    result = CliRunner().invoke(cli, ["compare", "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    assert "\\b" not in result.output and "\b" not in result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    examples = lines[lines.index("Examples:") + 1:]
+    examples = examples[: examples.index("")]
+    assert len(examples) == 4
+    assert all(line.startswith("perceptual compare ") for line in examples)
+    assert "perceptual compare refs/ outputs/ --html report/" in examples
+    assert "--html DIRECTORY" in result.output

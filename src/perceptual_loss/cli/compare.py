@@ -127,6 +127,14 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
     help="Write one CSV row per pair to this file ('-' for stdout, instead of the table).",
 )
 @click.option(
+    "--html",
+    "html_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write a web page to this folder (index.html + pictures, opens offline): the "
+    "scores sortable, each pair side by side with a heat map of where they differ.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=1,
@@ -156,16 +164,18 @@ def compare(
     tile_size: int | None,
     json_path: Path | None,
     csv_path: Path | None,
+    html_dir: Path | None,
     batch_size: int,
     workers: int,
     recursive: bool,
     no_progress: bool,
 ) -> None:
-    r"""Compare image A with image B, or every image of folder A with its namesake in B.
+    """Compare image A with image B, or every image of folder A with its namesake in B.
 
     Prints MSE, PSNR (dB), SSIM and the perceptual distance (total and per layer) as a table;
-    --json and --csv write them to files. Folder pairs are matched by file name without
-    suffix (a/x.png with b/x.jpg). Launched with `torchrun --nproc_per_node=K perceptual
+    --json and --csv write them to files, --html a page with the pictures and heat maps of
+    where each pair differs. Folder pairs are matched by file name without suffix (a/x.png
+    with b/x.jpg). Launched with `torchrun --nproc_per_node=K perceptual
     compare DIR_A DIR_B ...`, each process scores every K-th pair and the first process
     writes the results.
 
@@ -173,8 +183,9 @@ def compare(
     Examples:
       perceptual compare ref.png out.png
       perceptual compare refs/ outputs/ --json scores.json --csv scores.csv
+      perceptual compare refs/ outputs/ --html report/
       perceptual compare a.png b.png --metric mse,lpips --weights random
-    """
+    """  # noqa: D301 (\b must stay click's no-rewrap mark)
     import torch
 
     from perceptual_loss.apps.compare import (
@@ -266,8 +277,16 @@ def compare(
             to_stdout = True
         else:
             write_csv(csv_path, scores)
+    html_index = None
+    if html_dir is not None:
+        from perceptual_loss.apps.html_report import write_html_report
+
+        html_index = write_html_report(
+            html_dir, scores, scorer, config, only_in_a=only_a, only_in_b=only_b,
+            progress=folder_mode and not no_progress,
+        )
     if not to_stdout:
         _print_table(scores, scorer.value_names(), folder_mode)
-        for label, written_path in (("JSON", json_path), ("CSV", csv_path)):
-            if written_path is not None:
-                click.echo(f"{label} written to {written_path}", err=True)
+    for label, written_path in (("JSON", json_path), ("CSV", csv_path), ("HTML", html_index)):
+        if written_path is not None and str(written_path) != "-":
+            click.echo(f"{label} written to {written_path}", err=True)
