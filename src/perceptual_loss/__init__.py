@@ -21,13 +21,14 @@ _EXPORTS: dict[str, str] = {
     "feature_distance": "perceptual_loss.functional",
     "gram_matrix": "perceptual_loss.functional",
     "normalize_channels": "perceptual_loss.functional",
-    "perceptual_loss": "perceptual_loss.functional",
+    "perceptual_loss": "perceptual_loss.losses",
     "total_variation": "perceptual_loss.functional",
     "PerceptualLoss": "perceptual_loss.losses",
     "TotalVariationLoss": "perceptual_loss.losses",
     "LPIPS": "perceptual_loss.metrics",
     "lpips_distance": "perceptual_loss.metrics",
     "NORMALIZATIONS": "perceptual_loss.preprocess",
+    "Recipe": "perceptual_loss.recipe",
     "Normalization": "perceptual_loss.preprocess",
     "CT_WINDOWS": "perceptual_loss.volumes",
     "VolumePerceptualLoss": "perceptual_loss.volumes",
@@ -49,6 +50,7 @@ __all__ = [
     "NORMALIZATIONS",
     "Normalization",
     "PerceptualLoss",
+    "Recipe",
     "TotalVariationLoss",
     "VolumePerceptualLoss",
     "WeightsIntegrityError",
@@ -90,12 +92,12 @@ if TYPE_CHECKING:
         feature_distance,
         gram_matrix,
         normalize_channels,
-        perceptual_loss,
         total_variation,
     )
-    from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss
+    from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss, perceptual_loss
     from perceptual_loss.metrics import LPIPS, lpips_distance
     from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
+    from perceptual_loss.recipe import Recipe
     from perceptual_loss.volumes import (
         CT_WINDOWS,
         VolumePerceptualLoss,

@@ -1,25 +1,93 @@
-"""Input validation shared by every entry point.
+"""Validation shared by every entry point: options, images, pairs and values.
 
-Every check raises :class:`TypeError` or :class:`ValueError` with a message that names the
-problem, what was observed, and how to fix it. Checks that read values (NaN/Inf, range) force a
-device synchronisation; callers let users switch them off with ``check_values=False``.
+Every check raises :class:`TypeError` or :class:`ValueError` with a one-line message that names
+the option or input, what was observed, and how to fix it. Checks that read values (NaN/Inf,
+range) force a device synchronisation; callers let users switch them off with
+``check_values=False``. The Keras front end uses the same option checks and the same range
+rule (:func:`range_problem`) on values it reads through ``keras.ops``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
-__all__ = ["check_image", "check_input_range", "check_pair", "check_values"]
+__all__ = [
+    "RANGE_TOLERANCE",
+    "REDUCTIONS",
+    "Reduction",
+    "check_choice",
+    "check_image",
+    "check_input_range",
+    "check_pair",
+    "check_positive_int",
+    "check_reduction",
+    "check_values",
+    "check_weight",
+    "range_problem",
+]
 
-# Values this far outside the declared range (as a fraction of its span) are still accepted:
-# round-off of a clamp followed by a resize or a low-precision cast lands there.
+#: Values this far outside the declared range (as a fraction of its span) are still accepted:
+#: round-off of a clamp followed by a resize or a low-precision cast lands there.
 RANGE_TOLERANCE = 1e-3
+
+Reduction = Literal["none", "mean", "sum"]
+#: ``"none"`` keeps one value per sample ``(N,)``; ``"mean"``/``"sum"`` reduce over the batch.
+REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+
+# ---------------------------------------------------------------------------------- options
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of ``choices`` (strings) and return it."""
+    if not isinstance(value, str) or value not in choices:
+        quoted = [repr(c) for c in choices]
+        listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise ValueError(f"{name} must be {listed}; got {value!r}")
+    return value
+
+
+def check_reduction(value: object) -> Reduction:
+    """Check a ``reduction`` option (``"none"``, ``"mean"`` or ``"sum"``)."""
+    return check_choice("reduction", value, REDUCTIONS)  # type: ignore[return-value]
+
+
+def check_weight(name: str, value: object) -> float:
+    """Check that a term or layer weight is a finite number ``>= 0`` and return it as float.
+
+    Raises:
+        TypeError: Not a real number (e.g. a string or a tensor with several values).
+        ValueError: Negative, NaN or infinite: the loss would be meaningless.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise TypeError(f"{name} must be a number >= 0; got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {number!r}. Use 0 to turn "
+                         "a term off.")
+    return number
+
+
+def check_positive_int(name: str, value: object, *, allow_none: bool = False,
+                       minimum: int = 1) -> int | None:
+    """Check an option that counts something (a size, a chunk) and return it as int."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an int >= {minimum}{none}; got {value!r}")
+    return int(value)
 
 
 def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
-    """Validate a declared value range ``(low, high)`` and return it as floats."""
+    """Validate a declared value range ``(low, high)`` and return it as floats.
+
+    Raises:
+        ValueError: Not a pair of numbers, not finite, or ``high <= low``.
+    """
     try:
         low, high = (float(v) for v in input_range)
     except (TypeError, ValueError):
@@ -27,11 +95,15 @@ def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
             f"input_range must be a pair (low, high) such as (0, 1), (-1, 1) or (0, 255); "
             f"got {input_range!r}"
         ) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"input_range must be finite; got {input_range!r}")
     if not high > low:
-        raise ValueError(f"input_range must have low < high; got {input_range!r}")
+        raise ValueError(f"input_range must have low < high; got {input_range!r}. Declare "
+                         "the range your images use, e.g. (0, 1) or (0, 255).")
     return low, high
 
 
+# ---------------------------------------------------------------------------------- images
 def check_image(x: object, name: str = "input") -> torch.Tensor:
     """Check that ``x`` is a floating-point image batch ``(N, C, H, W)``.
 
@@ -77,6 +149,35 @@ def check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
+def range_problem(name: str, observed_min: float, observed_max: float,
+                  input_range: tuple[float, float], fix: str) -> str | None:
+    """The message for values that are not finite or lie outside ``input_range``, or ``None``.
+
+    Shared by the torch and Keras front ends so both judge values by the same rule and
+    tolerance (:data:`RANGE_TOLERANCE` of the span).
+
+    Args:
+        name: What the values are (``"prediction"``, ``"y_true"``).
+        observed_min: Smallest value seen.
+        observed_max: Largest value seen.
+        input_range: The declared ``(low, high)``.
+        fix: How to bring the values into range, for the message (e.g. ``"clamp them"``).
+    """
+    if math.isnan(observed_min) or math.isnan(observed_max):
+        return (f"{name} contains NaN values; check the network that produced it (e.g. its "
+                "learning rate) or the data.")
+    if math.isinf(observed_min) or math.isinf(observed_max):
+        return f"{name} contains Inf values (observed min {observed_min}, max {observed_max})."
+    low, high = input_range
+    slack = RANGE_TOLERANCE * (high - low)
+    if observed_min < low - slack or observed_max > high + slack:
+        return (f"{name} has values in [{observed_min:.4g}, {observed_max:.4g}] but "
+                f"input_range=({low:g}, {high:g}) was declared. Declare the range your images "
+                f"use (e.g. input_range=(-1, 1) or (0, 255)), {fix}, or pass "
+                "check_values=False to skip this check.")
+    return None
+
+
 def check_values(x: torch.Tensor, name: str, input_range: tuple[float, float]) -> None:
     """Check that ``x`` is finite and inside the declared ``input_range``.
 
@@ -89,18 +190,7 @@ def check_values(x: torch.Tensor, name: str, input_range: tuple[float, float]) -
     with torch.no_grad():
         lo_hi = torch.aminmax(x.detach().float())
         observed_min, observed_max = (float(v) for v in torch.stack(lo_hi).tolist())
-    if observed_min != observed_min or observed_max != observed_max:  # NaN
-        raise ValueError(f"{name} contains NaN values; check the network that produced it "
-                         "(e.g. its learning rate) or the data.")
-    if observed_min in (float("inf"), float("-inf")) or observed_max in (float("inf"),
-                                                                         float("-inf")):
-        raise ValueError(f"{name} contains Inf values (observed min {observed_min}, "
-                         f"max {observed_max}).")
-    slack = RANGE_TOLERANCE * (high - low)
-    if observed_min < low - slack or observed_max > high + slack:
-        raise ValueError(
-            f"{name} has values in [{observed_min:.4g}, {observed_max:.4g}] but "
-            f"input_range=({low:g}, {high:g}) was declared. Declare the range your images "
-            f"use (e.g. input_range=(-1, 1) or (0, 255)), clamp them (x.clamp({low:g}, "
-            f"{high:g})), or pass check_values=False to skip this check."
-        )
+    problem = range_problem(name, observed_min, observed_max, input_range,
+                            f"clamp them (x.clamp({low:g}, {high:g}))")
+    if problem is not None:
+        raise ValueError(problem)

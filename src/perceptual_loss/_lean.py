@@ -30,14 +30,14 @@ runs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import functools
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "LeanPlan",
@@ -48,6 +48,28 @@ __all__ = [
 ]
 
 _BIT_WEIGHTS_CACHE: dict[torch.device, Tensor] = {}
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "the memory-lean backbone path computes first-order gradients only, but a graph of the "
+    "gradient was asked for (create_graph=True: double backward, e.g. a gradient penalty). "
+    "Build the loss or metric with memory=\"plain\" for that."
+)
+
+
+def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a ``backward`` as not differentiable, with an error that names the fix.
+
+    Autograd runs a backward with grad mode on only when ``create_graph=True``; the lean
+    backward cannot build that graph, so it says so at once instead of failing later with
+    torch's generic message.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Tensor | None) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+        return backward(ctx, *grads)
+
+    return wrapper
 
 
 def _bit_weights(device: torch.device) -> Tensor:
@@ -201,7 +223,7 @@ class _ConvBnReLU(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         weight, bn_weight, running_mean, running_var, *mask_saved = ctx.saved_tensors
         if ctx.keep_pre:
@@ -276,7 +298,7 @@ class _MaxPoolPosition(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
         (position,) = ctx.saved_tensors
         kernel, stride = ctx.kernel, ctx.stride

@@ -1,4 +1,4 @@
-"""A frozen, truncated backbone that returns named feature maps."""
+"""A frozen, truncated backbone that returns named feature maps, one segment at a time."""
 
 from __future__ import annotations
 
@@ -10,18 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceptual_loss._checks import check_image, check_input_range, check_values
+from perceptual_loss._checks import check_choice, check_image, check_input_range, check_values
 from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
 from perceptual_loss.backbones import BackboneSpec, get_backbone
+from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
-from perceptual_loss.weights import load_weights_into
+from perceptual_loss.recipe import DEFAULT_LAYERS, POOLINGS, Recipe
+from perceptual_loss.weights import build_trunk
 
 __all__ = ["DEFAULT_LAYERS", "FeatureExtractor"]
-
-#: The PyTorch article's layers: the ends of VGG16's first four blocks.
-DEFAULT_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-
-_MAX_PROBE_SIZE = 4096
 
 
 class FeatureExtractor(nn.Module):
@@ -54,6 +51,8 @@ class FeatureExtractor(nn.Module):
             needed only for double backward (e.g. a gradient penalty through this loss).
         channels_last: Run the backbone in ``torch.channels_last`` memory format (faster
             convolutions on CPU; values differ from NCHW by float rounding only).
+        pooling: ``"max"`` (the trained network) or ``"avg"``: 2x2 average pooling in place of
+            every max pooling, same weights (Gatys et al. prefer it for style).
 
     Shape:
         - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
@@ -80,12 +79,12 @@ class FeatureExtractor(nn.Module):
         progress: bool = True,
         memory: Literal["lean", "plain"] = "lean",
         channels_last: bool = False,
+        pooling: Literal["max", "avg"] = "max",
     ) -> None:
         super().__init__()
-        if memory not in ("lean", "plain"):
-            raise ValueError(f"memory must be 'lean' or 'plain'; got {memory!r}")
-        self.memory = memory
+        self.memory = check_choice("memory", memory, ("lean", "plain"))
         self.channels_last = bool(channels_last)
+        self.pooling = check_choice("pooling", pooling, POOLINGS)
         if isinstance(layers, str):
             layers = (layers,)
         self.spec: BackboneSpec = get_backbone(backbone)
@@ -96,18 +95,10 @@ class FeatureExtractor(nn.Module):
         self.input_range = check_input_range(input_range)
         self.check_values = check_values
 
-        if weights is None:
-            trunk = self.spec.build_features()
-            self.weights_source, implied = "random (weights=None)", "imagenet"
-        else:
-            # Allocate without the random initialisation that the file overwrites anyway.
-            with torch.device("meta"):
-                trunk = self.spec.build_features()
-            trunk = trunk.to_empty(device="cpu")
-            self.weights_source, implied = load_weights_into(trunk, self.spec, weights,
-                                                             progress=progress)
+        trunk, self.weights_source, implied = build_trunk(self.spec, weights, progress=progress)
         deepest = max(self.spec.layer_names.index(name) for name in self.layers)
-        self.body = nn.Sequential(*list(trunk.children())[: deepest + 1])
+        self.body = nn.Sequential(*_with_pooling(list(trunk.children())[: deepest + 1],
+                                                 self.pooling))
         self.body.requires_grad_(False)
         self.body.eval()
         self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}
@@ -118,15 +109,36 @@ class FeatureExtractor(nn.Module):
                                        channel_mode, resize)
         self.normalization = self.preprocess.normalization
         with torch.device("meta"):
-            meta_body = nn.Sequential(*list(self.spec.build_features().children())[: deepest + 1])
+            meta_body = nn.Sequential(*_with_pooling(
+                list(self.spec.build_features().children())[: deepest + 1], self.pooling))
         meta_body.eval()  # batch norm in eval mode accepts 1x1 maps
-        self.min_input_size = _min_input_size(meta_body)
-        self.feature_info = _describe(meta_body, self._taps, self.min_input_size)
+        self.geometry = TrunkGeometry(list(meta_body), self._taps)
+        self.min_input_size = self.geometry.min_input_size
+        self.feature_info = {name: {"channels": tap.channels, "stride": tap.stride}
+                             for name, tap in self.geometry.taps.items()}
         if self.preprocess.resize is not None and min(self.preprocess.resize) < self.min_input_size:
             raise ValueError(
                 f"resize={self.preprocess.resize} is too small for layer {self.deepest_layer!r} "
                 f"of {backbone}: it needs at least {self.min_input_size}x{self.min_input_size}"
             )
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
+                    channels_last: bool = False, progress: bool = True) -> FeatureExtractor:
+        """The extractor a recipe needs: its backbone cut after its deepest layer.
+
+        Args:
+            recipe: Backbone, layers, weights, range, channels, resize, normalisation and
+                pooling come from here.
+            memory: See the class docstring.
+            channels_last: See the class docstring.
+            progress: Show a progress bar if weights are downloaded.
+        """
+        return cls(recipe.backbone, recipe.feature_layers, recipe.weights,
+                   input_range=recipe.input_range, channel_mode=recipe.channel_mode,
+                   resize=recipe.resize, normalization=recipe.normalization,
+                   check_values=recipe.check_values, progress=progress, memory=memory,
+                   channels_last=channels_last, pooling=recipe.pooling)  # type: ignore[arg-type]
 
     @property
     def deepest_layer(self) -> str:
@@ -144,9 +156,9 @@ class FeatureExtractor(nn.Module):
         self.body.eval()
         return self
 
-    def check_input(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
-        """Validate ``x`` (type, shape, channels, size, dtype, device, values)."""
-        check_image(x, name)
+    def check_input(self, x: object, name: str = "input") -> torch.Tensor:
+        """Validate ``x`` (type, shape, channels, size, dtype, device, values) and return it."""
+        x = check_image(x, name)
         channels = x.shape[1]
         if self.channel_mode == "repeat" and channels not in (1, 3):
             raise ValueError(
@@ -177,10 +189,26 @@ class FeatureExtractor(nn.Module):
             check_values(x, name, self.input_range)
         return x
 
+    def stream(self, x: torch.Tensor, name: str = "input", *, check: bool = True
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Check, preprocess and run ``x``, yielding ``(layer, map)`` as each layer is reached.
+
+        The one pipeline every consumer uses. A consumer that uses each map and drops it
+        before asking for the next keeps at most one trunk segment's maps alive.
+
+        Args:
+            x: ``(N, C, H, W)`` in ``input_range``.
+            name: What ``x`` is called in error messages.
+            check: Validate ``x`` first; pass ``False`` only when the caller already did
+                (inputs are validated once).
+        """
+        if check:
+            self.check_input(x, name)
+        return self.iter_features(self.preprocess(x))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps of ``x``; see the class docstring for shapes."""
-        self.check_input(x)
-        return self.forward_preprocessed(self.preprocess(x))
+        return dict(self.stream(x))
 
     def forward_preprocessed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the truncated backbone on already preprocessed ``(N, 3, H, W)`` input."""
@@ -217,7 +245,8 @@ class FeatureExtractor(nn.Module):
         return (f"backbone={self.spec.name!r}, layers={self.layers}, "
                 f"weights={self.weights_source!r}, normalization={self.normalization.name!r}, "
                 f"input_range={self.input_range}, channel_mode={self.channel_mode!r}, "
-                f"resize={self.preprocess.resize}")
+                f"resize={self.preprocess.resize}"
+                + (f", pooling={self.pooling!r}" if self.pooling != "max" else ""))
 
 
 def _segments(modules: list[nn.Module], taps: list[int]
@@ -241,52 +270,9 @@ def _segments(modules: list[nn.Module], taps: list[int]
     return segments
 
 
-def _fits(meta_body: nn.Sequential, size: int) -> bool:
-    """Whether a ``size`` x ``size`` image passes through ``meta_body`` (shapes only)."""
-    x = torch.empty(1, 3, size, size, device="meta")
-    try:
-        for module in meta_body:
-            x = module(x)
-            if min(x.shape[-2:]) < 1:
-                return False
-    except RuntimeError:
-        return False
-    return True
-
-
-def _min_input_size(meta_body: nn.Sequential) -> int:
-    """Smallest square input size that every module of ``meta_body`` accepts."""
-    low, high = 1, 8
-    while not _fits(meta_body, high):
-        low, high = high + 1, high * 2
-        if high > _MAX_PROBE_SIZE:
-            raise ValueError(f"no input size up to {_MAX_PROBE_SIZE} fits this backbone")
-    while low < high:
-        mid = (low + high) // 2
-        if _fits(meta_body, mid):
-            high = mid
-        else:
-            low = mid + 1
-    return high
-
-
-def _describe(meta_body: nn.Sequential, taps: dict[int, str], min_size: int
-              ) -> dict[str, dict[str, int]]:
-    """Channels and stride (input pixels per feature pixel) of each tap.
-
-    The stride is measured as the growth of the feature map between two probe sizes 1024
-    pixels apart, so the rounding of strided layers does not bias it.
-    """
-    base = max(min_size, 64) * 4
-    shapes: list[dict[int, tuple[int, int]]] = []
-    for size in (base, base + 1024):
-        x = torch.empty(1, 3, size, size, device="meta")
-        seen: dict[int, tuple[int, int]] = {}
-        for index, module in enumerate(meta_body):
-            x = module(x)
-            if index in taps:
-                seen[index] = (int(x.shape[1]), int(x.shape[-1]))
-        shapes.append(seen)
-    return {taps[i]: {"channels": shapes[0][i][0],
-                      "stride": max(1, round(1024 / (shapes[1][i][1] - shapes[0][i][1])))}
-            for i in sorted(taps)}
+def _with_pooling(modules: list[nn.Module], pooling: str) -> list[nn.Module]:
+    """``modules`` with every max pooling replaced by average pooling of the same window."""
+    if pooling == "max":
+        return modules
+    return [nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode)
+            if isinstance(m, nn.MaxPool2d) else m for m in modules]

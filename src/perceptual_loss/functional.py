@@ -1,35 +1,37 @@
 """Pure functions: the maths of the losses, free of modules and state.
 
 Distances return one value per sample, ``(N,)``; reduce them with :func:`reduce`.
+:data:`TORCH_OPS` bundles the primitives the shared term plan
+(:mod:`perceptual_loss.recipe`) needs.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from perceptual_loss.extractor import FeatureExtractor
+from perceptual_loss._checks import Reduction, check_reduction
 
 __all__ = [
     "CRITERIA",
+    "TORCH_OPS",
     "Criterion",
     "Reduction",
     "feature_distance",
     "gram_matrix",
+    "import_ssim",
+    "match_batch",
     "normalize_channels",
-    "perceptual_loss",
+    "psnr",
     "reduce",
+    "ssim",
     "total_variation",
 ]
 
 Criterion = Literal["l1", "mse", "l2", "charbonnier"]
-Reduction = Literal["none", "mean", "sum"]
 CRITERIA: tuple[str, ...] = ("l1", "mse", "l2", "charbonnier")
+SSIM_INSTALL_HINT = 'pip install "perceptual-loss[ssim]"'
 
 
 def _float32(x: torch.Tensor) -> torch.Tensor:
@@ -170,87 +172,116 @@ def total_variation(images: torch.Tensor, kind: Literal["l1", "l2"] = "l1") -> t
 
 
 def reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """Reduce per-sample values ``(N,)`` to a scalar (``mean``/``sum``) or keep them (``none``)."""
+    """Reduce per-sample values ``(N,)`` (or maps) over the batch, or keep them (``none``)."""
+    check_reduction(reduction)
     if reduction == "mean":
         return values.mean()
     if reduction == "sum":
         return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+    return values
 
 
-def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
-                    extractor: FeatureExtractor | None = None,
-                    backbone: str = "vgg16",
-                    layers: Sequence[str] | None = None,
-                    weights: str | os.PathLike[str] | None = "imagenet",
-                    criterion: Criterion = "l1",
-                    layer_weights: Sequence[float] | Mapping[str, float] | None = None,
-                    input_range: tuple[float, float] = (0.0, 1.0),
-                    resize: int | None = None,
-                    reduction: Reduction = "mean",
-                    **options: object) -> torch.Tensor:
-    """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
+def import_ssim():  # noqa: ANN201 - pytorch_msssim is optional
+    """``pytorch_msssim.ssim``, or an ImportError that says how to install it."""
+    try:
+        from pytorch_msssim import ssim as msssim_ssim
+    except ImportError as err:
+        raise ImportError(f"SSIM needs pytorch-msssim: {SSIM_INSTALL_HINT}") from err
+    return msssim_ssim
 
-    Reuses ``extractor`` when given; otherwise builds the backbone once per configuration and
-    device and caches it, so calling this in a loop never rebuilds a VGG.
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0,
+         win_size: int = 11) -> torch.Tensor:
+    """Structural similarity per sample (Gaussian window 11, sigma 1.5), via pytorch-msssim.
+
+    Computed in float32, or float64 for float64 inputs, also under autocast.
 
     Args:
-        prediction: ``(N, C, H, W)`` in ``input_range``; gradients flow to it.
+        prediction: ``(N, C, H, W)`` with ``H, W >= win_size``.
         target: Same shape.
-        extractor: A prebuilt :class:`~perceptual_loss.FeatureExtractor` to use (its own
-            layers, range and resize then apply unless ``layers`` is given).
-        backbone: Backbone name (when no extractor is given).
-        layers: Content layers (default: the extractor's, or relu1_2..relu4_3).
-        weights: See :class:`~perceptual_loss.FeatureExtractor`.
-        criterion: ``"l1"``, ``"mse"``/``"l2"`` or ``"charbonnier"``.
-        layer_weights: One weight per layer (sequence or ``{layer: weight}``).
-        input_range: ``(low, high)`` of the images.
-        resize: Resize before the backbone (e.g. 224), or ``None``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(N,)``).
-        **options: Other :class:`~perceptual_loss.PerceptualLoss` options (style, pixel...).
+        data_range: Span of the values (1 for images in ``[0, 1]``).
+        win_size: Side of the Gaussian window.
 
     Returns:
-        Scalar, or ``(N,)`` with ``reduction="none"``.
+        ``(N,)`` in ``[-1, 1]`` (1 for identical images).
+
+    Raises:
+        ImportError: pytorch-msssim is not installed.
+        ValueError: Images smaller than the window.
     """
-    from perceptual_loss.losses import PerceptualLoss
-
-    if extractor is not None:
-        loss_fn = PerceptualLoss(extractor=extractor, layers=layers, criterion=criterion,
-                                 layer_weights=layer_weights, reduction=reduction,
-                                 **options)  # type: ignore[arg-type]
-    else:
-        key = (backbone, tuple(layers) if layers is not None else None,
-               os.fspath(weights) if weights is not None else None,
-               criterion, _freeze(layer_weights), tuple(input_range), resize, reduction,
-               tuple(sorted((k, _freeze(v)) for k, v in options.items())),
-               str(prediction.device), prediction.dtype)
-        loss_fn = _cached_loss(key)
-    return loss_fn(prediction, target)
+    if min(prediction.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size} pixels, got "
+                         f"{tuple(prediction.shape[-2:])}; drop the SSIM term for smaller images")
+    compute = import_ssim()
+    with torch.autocast(device_type=prediction.device.type, enabled=False):
+        return compute(_float32(prediction), _float32(target), data_range=data_range,
+                       size_average=False, win_size=win_size)
 
 
-def _freeze(value: object) -> object:
-    if isinstance(value, Mapping):
-        return tuple(sorted(value.items()))
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
+         ) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per sample, computed in float64.
+
+    Args:
+        prediction: ``(N, ...)``.
+        target: Same shape.
+        data_range: Span of the values (1 for images in ``[0, 1]``).
+
+    Returns:
+        ``(N,)`` float64; ``inf`` where the images are equal.
+
+    Example:
+        >>> round(float(psnr(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.1))), 2)
+        20.0
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"psnr needs equal shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
+    mse = (prediction.double() - target.double()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(data_range**2 / mse)
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_loss(key: tuple) -> torch.nn.Module:
-    from perceptual_loss.extractor import DEFAULT_LAYERS
-    from perceptual_loss.losses import PerceptualLoss
+def match_batch(reference: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a target computed for one image (or one image's channels) over a batch.
 
-    (backbone, layers, weights, criterion, layer_weights, input_range, resize, reduction,
-     options, device, dtype) = key
-    if isinstance(layer_weights, tuple) and layer_weights and isinstance(layer_weights[0], tuple):
-        layer_weights = dict(layer_weights)
-    extra = {k: (dict(v) if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v)
-             for k, v in options}
-    loss_fn = PerceptualLoss(backbone=backbone, layers=layers or DEFAULT_LAYERS, weights=weights,
-                             criterion=criterion, layer_weights=layer_weights,
-                             input_range=input_range, resize=resize, reduction=reduction,
-                             **extra)
-    return loss_fn.to(device=torch.device(device), dtype=dtype)
+    Callers check at the image level that a cached target holds 1 or ``N`` images, so a
+    batch is never tiled from a partial one.
+    """
+    if reference.shape[0] == like.shape[0]:
+        return reference
+    if like.shape[0] % reference.shape[0]:
+        raise ValueError(f"cached target batch {reference.shape[0]} does not fit a batch of "
+                         f"{like.shape[0]}; cache one image or a batch of the same size")
+    repeats = like.shape[0] // reference.shape[0]
+    return reference.unsqueeze(0).expand(repeats, *reference.shape).reshape(
+        like.shape[0], *reference.shape[1:])
+
+
+class _TorchOps:
+    """The primitives of the shared term plan, for ``(N, C, H, W)`` torch tensors."""
+
+    @staticmethod
+    def distance(prediction: torch.Tensor, target: torch.Tensor, criterion: str,
+                 eps: float) -> torch.Tensor:
+        return feature_distance(prediction, target, criterion, eps=eps)  # type: ignore[arg-type]
+
+    gram = staticmethod(gram_matrix)
+    normalize = staticmethod(normalize_channels)
+    match_batch = staticmethod(match_batch)
+    total_variation = staticmethod(total_variation)
+
+    @staticmethod
+    def per_image(values: torch.Tensor, n: int) -> torch.Tensor:
+        """Average per-image values over the channels that ``per_channel`` mode stacked."""
+        return values.view(n, -1).mean(1) if values.shape[0] != n else values
+
+    @staticmethod
+    def ssim(prediction01: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
+        return ssim(prediction01, target01).to(prediction01.dtype if
+                                               prediction01.dtype == torch.float64
+                                               else torch.float32)
+
+
+#: Torch primitives for :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms``.
+TORCH_OPS = _TorchOps()

@@ -1,29 +1,51 @@
-"""Loss modules: options stored once, maths delegated to :mod:`perceptual_loss.functional`."""
+"""Loss modules: a recipe stored once, its terms computed by the shared term plan.
+
+:class:`PerceptualLoss` holds a :class:`~perceptual_loss.recipe.Recipe` and a
+:class:`~perceptual_loss.FeatureExtractor`; a forward validates both images once, streams them
+through the trunk together and hands each layer's pair of maps to
+:func:`~perceptual_loss.recipe.feature_terms`. :func:`perceptual_loss` is the functional form,
+whose cached modules are keyed by the recipe.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from perceptual_loss._checks import check_image, check_pair, check_values
-from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor
-from perceptual_loss.functional import (
-    CRITERIA,
-    Criterion,
+from perceptual_loss._checks import (
     Reduction,
-    feature_distance,
+    check_choice,
+    check_image,
+    check_pair,
+    check_positive_int,
+    check_reduction,
+    check_values,
+)
+from perceptual_loss.extractor import FeatureExtractor
+from perceptual_loss.functional import (
+    TORCH_OPS,
+    Criterion,
     gram_matrix,
-    normalize_channels,
+    import_ssim,
     reduce,
     total_variation,
 )
 from perceptual_loss.preprocess import ChannelMode, Normalization
+from perceptual_loss.recipe import Recipe, feature_terms, pixel_terms
 
-__all__ = ["PerceptualLoss", "TotalVariationLoss"]
+__all__ = ["PerceptualLoss", "TotalVariationLoss", "perceptual_loss"]
+
+#: Recipe fields a PerceptualLoss exposes as read-only attributes.
+_RECIPE_ATTRIBUTES = frozenset({
+    "layer_weights", "criterion", "normalize_features", "feature_weight", "style_weight",
+    "style_layer_weights", "style_criterion", "pixel_mse", "pixel_l1", "ssim_weight",
+    "tv_weight", "input_range", "check_values", "charbonnier_eps", "pooling",
+})
 
 
 class PerceptualLoss(nn.Module):
@@ -77,7 +99,10 @@ class PerceptualLoss(nn.Module):
             gradients are unchanged; the peak memory of a training step falls with the chunk
             (``chunk_size=1`` keeps about a third of the plain computation's activations),
             at the cost of smaller convolutions (slower on a GPU).
-        extractor: Reuse this prebuilt extractor instead of building one.
+        pooling: ``"max"`` (default) or ``"avg"``: 2x2 average pooling in place of max
+            pooling in the VGG trunk, same weights (often preferred for style).
+        extractor: Reuse this prebuilt extractor instead of building one (its backbone,
+            range, channel mode, resize, normalisation and value checks then apply).
 
     Shape:
         - prediction, target: ``(N, C, H, W)``, ``C`` in {1, 3}.
@@ -120,66 +145,95 @@ class PerceptualLoss(nn.Module):
         memory: Literal["lean", "plain"] = "lean",
         channels_last: bool = False,
         chunk_size: int | None = None,
+        pooling: Literal["max", "avg"] = "max",
         extractor: FeatureExtractor | None = None,
     ) -> None:
-        super().__init__()
-        if isinstance(layers, str):
-            layers = (layers,)
-        if isinstance(style_layers, str):
-            style_layers = (style_layers,)
-        for name, value in (("criterion", criterion), ("style_criterion", style_criterion)):
-            if value is not None and value not in CRITERIA:
-                raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(CRITERIA)}")
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+        options: dict[str, Any] = dict(
+            criterion=criterion, layer_weights=layer_weights,
+            normalize_features=normalize_features, feature_weight=feature_weight,
+            style_layers=style_layers, style_weight=style_weight,
+            style_layer_weights=style_layer_weights, style_criterion=style_criterion,
+            pixel_mse=pixel_mse, pixel_l1=pixel_l1, ssim_weight=ssim_weight, tv_weight=tv_weight,
+            reduction=reduction, charbonnier_eps=charbonnier_eps)
         if extractor is not None:
-            layers = extractor.layers if layers is None else layers
-            self.extractor = extractor
-            spec = extractor.spec
+            if not isinstance(extractor, FeatureExtractor):
+                raise TypeError(f"extractor must be a FeatureExtractor; got "
+                                f"{type(extractor).__name__}")
+            recipe = Recipe.create(
+                extractor.spec.name, extractor.layers if layers is None else layers, None,
+                input_range=extractor.input_range, channel_mode=extractor.channel_mode,
+                resize=extractor.preprocess.resize, normalization=extractor.normalization,
+                check_values=extractor.check_values, pooling=extractor.pooling, **options)
         else:
-            layers = DEFAULT_LAYERS if layers is None else layers
-            wanted = list(layers) + list(style_layers)
-            if not wanted and not (pixel_mse or pixel_l1 or ssim_weight or tv_weight):
-                raise ValueError("nothing to compute: give layers, style_layers or a pixel term")
-            self.extractor = FeatureExtractor(
-                backbone, wanted or ("relu1_1",), weights, input_range=input_range,
-                channel_mode=channel_mode, resize=resize, normalization=normalization,
-                check_values=check_values, memory=memory, channels_last=channels_last,
-            ) if wanted else None
-            spec = self.extractor.spec if self.extractor is not None else None
-        canon = spec.canonical if spec is not None else (lambda n: n)
-        self.layers: tuple[str, ...] = tuple(dict.fromkeys(canon(n) for n in layers))
-        self.style_layers: tuple[str, ...] = tuple(dict.fromkeys(canon(n) for n in style_layers))
-        if self.extractor is not None:
-            missing = [n for n in self.layers + self.style_layers if n not in self.extractor.layers]
+            recipe = Recipe.create(backbone, layers, weights, resize=resize,
+                                   input_range=input_range, channel_mode=channel_mode,
+                                   normalization=normalization, check_values=check_values,
+                                   pooling=pooling, **options)
+        self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
+                    extractor=extractor)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
+                    channels_last: bool = False, chunk_size: int | None = None,
+                    extractor: FeatureExtractor | None = None) -> PerceptualLoss:
+        """Build the loss a :class:`~perceptual_loss.recipe.Recipe` describes.
+
+        Args:
+            recipe: What to compute.
+            memory: See the class docstring.
+            channels_last: See the class docstring.
+            chunk_size: See the class docstring.
+            extractor: Reuse this extractor (it must compute the recipe's layers).
+        """
+        self = cls.__new__(cls)
+        self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
+                    extractor=extractor)
+        return self
+
+    def _setup(self, recipe: Recipe, *, memory: str, channels_last: bool,
+               chunk_size: int | None, extractor: FeatureExtractor | None) -> None:
+        nn.Module.__init__(self)
+        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        check_choice("memory", memory, ("lean", "plain"))
+        if extractor is None and recipe.feature_layers:
+            extractor = FeatureExtractor.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
+                                                     channels_last=channels_last)
+        if extractor is not None:
+            missing = [n for n in recipe.feature_layers if n not in extractor.layers]
             if missing:
                 raise ValueError(f"the extractor does not compute layers {missing}; it has "
-                                 f"{list(self.extractor.layers)}")
-        self.layer_weights = _weights_per_layer(layer_weights, self.layers, "layer_weights", canon)
-        self.style_layer_weights = _weights_per_layer(style_layer_weights, self.style_layers,
-                                                      "style_layer_weights", canon)
-        self.criterion = criterion
-        self.style_criterion = style_criterion or criterion
-        self.normalize_features = normalize_features
-        self.feature_weight = float(feature_weight)
-        self.style_weight = float(style_weight)
-        self.pixel_mse = float(pixel_mse)
-        self.pixel_l1 = float(pixel_l1)
-        self.ssim_weight = float(ssim_weight)
-        self.tv_weight = float(tv_weight)
-        self.reduction = reduction
-        self.charbonnier_eps = charbonnier_eps
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
-        self.chunk_size = int(chunk_size) if chunk_size is not None else None
-        self.input_range = (self.extractor.input_range if self.extractor is not None
-                            else (float(input_range[0]), float(input_range[1])))
-        self.check_values = self.extractor.check_values if self.extractor is not None \
-            else check_values
-        if self.ssim_weight:
-            _import_ssim()
+                                 f"{list(extractor.layers)}")
+        self.extractor: FeatureExtractor | None = extractor if recipe.feature_layers else None
+        self.recipe = recipe
+        if recipe.ssim_weight:
+            import_ssim()
         self._cached_target: dict[str, torch.Tensor] | None = None
         self._cached_style: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ the recipe's options
+    def __getattr__(self, name: str) -> Any:
+        if name in _RECIPE_ATTRIBUTES:
+            return getattr(self.__dict__["recipe"], name)
+        return super().__getattr__(name)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Canonical content layers."""
+        return self.recipe.layers
+
+    @property
+    def style_layers(self) -> tuple[str, ...]:
+        """Canonical style layers."""
+        return self.recipe.style_layers
+
+    @property
+    def reduction(self) -> str:
+        """``"mean"``, ``"sum"`` or ``"none"``; may be set (validated)."""
+        return self.recipe.reduction
+
+    @reduction.setter
+    def reduction(self, value: str) -> None:
+        self.recipe = self.recipe.replace(reduction=check_reduction(value))
 
     # ------------------------------------------------------------------ cached targets
     @torch.no_grad()
@@ -192,10 +246,18 @@ class PerceptualLoss(nn.Module):
         Args:
             style_image: ``(1, C, H, W)`` (shared by the batch) or ``(N, C, H, W)``.
         """
-        if not self.style_layers:
-            raise ValueError("set_style_target needs style_layers")
-        feats = self._features(style_image, "style_image")
-        self._cached_style = {n: gram_matrix(feats[n]) for n in self.style_layers}
+        if not self.style_layers or self.extractor is None:
+            raise ValueError("set_style_target needs style_layers, e.g. style_layers="
+                             "('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3')")
+        wanted = set(self.style_layers)
+        grams: dict[str, torch.Tensor] = {}
+        for layer, feature in self.extractor.stream(style_image, "style_image"):
+            if layer in wanted:
+                grams[layer] = gram_matrix(feature)
+                wanted.discard(layer)
+            if not wanted:
+                break
+        self._cached_style = grams
 
     @torch.no_grad()
     def set_target(self, target: torch.Tensor) -> None:
@@ -204,13 +266,11 @@ class PerceptualLoss(nn.Module):
         Args:
             target: ``(1, C, H, W)`` (shared by the batch) or ``(N, C, H, W)``.
         """
-        check_image(target, "target")
-        if self.check_values:
-            check_values(target, "target", self.input_range)
+        self._check_image(target, "target")
         self._cached_target = {"__image__": target.detach()}
         if self.extractor is not None:
-            feats = self._features(target, "target")
-            self._cached_target.update({n: f.detach() for n, f in feats.items()})
+            self._cached_target.update(
+                {n: f.detach() for n, f in self.extractor.stream(target, "target", check=False)})
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         """Move and cast cached targets with the module (``.to``, ``.cuda``, ``.double``)."""
@@ -243,146 +303,111 @@ class PerceptualLoss(nn.Module):
         Returns:
             The loss (scalar or ``(N,)``), or ``(loss, parts)`` with ``return_parts=True``.
         """
-        check_image(prediction, "prediction")
-        cached = self._cached_target
-        if target is None:
-            if cached is None:
-                raise ValueError("target is missing: pass one, or cache it with set_target()")
-            target_image = cached["__image__"]
-        else:
-            check_image(target, "target")
-            check_pair(prediction, target)
-            target_image = target
-        if target is None and target_image.shape[1:] != prediction.shape[1:]:
-            raise ValueError(f"cached target has shape {tuple(target_image.shape)}, prediction "
-                             f"{tuple(prediction.shape)}")
-
+        target_image = self._validated_target(prediction, target)
         terms: dict[str, torch.Tensor] = {}
         if self.extractor is not None:
-            self._feature_terms(prediction, target, terms)
-        if self.pixel_mse or self.pixel_l1 or self.ssim_weight or self.tv_weight:
-            self._pixel_terms(prediction, target_image, terms)
-
+            terms.update(self._feature_terms(prediction, target))
+        if self.recipe.has_pixel_terms:
+            terms.update(pixel_terms(self.recipe, prediction, target_image, TORCH_OPS))
         total = torch.stack(list(terms.values())).sum(0)
-        loss = reduce(total, self.reduction)
+        loss = reduce(total, self.reduction)  # type: ignore[arg-type]
         if not return_parts:
             return loss
-        parts = {name: reduce(value.detach(), self.reduction) for name, value in terms.items()}
+        parts = {name: reduce(value.detach(), self.reduction)  # type: ignore[arg-type]
+                 for name, value in terms.items()}
         return loss, parts
 
-    def _features(self, x: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-        assert self.extractor is not None
-        self.extractor.check_input(x, name)
-        return self.extractor.forward_preprocessed(self.extractor.preprocess(x))
+    def _check_image(self, x: object, name: str) -> torch.Tensor:
+        """Validate one image batch, once, by the extractor's rules when there is one."""
+        if self.extractor is not None:
+            return self.extractor.check_input(x, name)
+        x = check_image(x, name)
+        if self.recipe.check_values:
+            check_values(x, name, self.recipe.input_range)
+        return x
 
-    def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None,
-                       terms: dict[str, torch.Tensor]) -> None:
-        assert self.extractor is not None
-        fx = self.extractor
-        fx.check_input(prediction, "prediction")
-        need_target = bool(self.layers) or (bool(self.style_layers) and self._cached_style is None)
-        use_target = target is not None and need_target
-        if use_target:
-            fx.check_input(target, "target")
+    def _validated_target(self, prediction: torch.Tensor, target: torch.Tensor | None
+                          ) -> torch.Tensor:
+        """Validate both images once; return the target image (given or cached)."""
+        if target is not None:  # shapes, dtypes and devices first: the clearest message
+            check_pair(check_image(prediction, "prediction"), check_image(target, "target"))
+        self._check_image(prediction, "prediction")
+        if target is not None:
+            self._check_image(target, "target")
+            return target
+        if self._cached_target is None:
+            raise ValueError("target is missing: pass one, or cache it with set_target()")
+        cached = self._cached_target["__image__"]
+        batch = prediction.shape[0]
+        if cached.shape[1:] != prediction.shape[1:] or cached.shape[0] not in (1, batch):
+            raise ValueError(
+                f"cached target has shape {tuple(cached.shape)}, prediction "
+                f"{tuple(prediction.shape)}: cache one image (batch 1, shared by every "
+                f"sample) or exactly {batch} of the same size with set_target()"
+            )
+        return cached
+
+    def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None
+                       ) -> dict[str, torch.Tensor]:
+        """Content and style terms, the batch run in chunks of ``chunk_size`` samples."""
         n = prediction.shape[0]
         chunk = self.chunk_size or n
-        chunk_terms: list[dict[str, torch.Tensor]] = []
-        for first in range(0, n, chunk):
-            rows = slice(first, min(first + chunk, n))
-            part: dict[str, torch.Tensor] = {}
-            self._stream_chunk(prediction[rows], target[rows] if use_target else None, rows,
-                               part)
-            chunk_terms.append(part)
-        for name in chunk_terms[0]:
-            terms[name] = torch.cat([part[name] for part in chunk_terms]) \
-                if len(chunk_terms) > 1 else chunk_terms[0][name]
+        parts = [self._chunk_terms(prediction, target, slice(first, min(first + chunk, n)))
+                 for first in range(0, n, chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
-    def _stream_chunk(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice,
-                      terms: dict[str, torch.Tensor]) -> None:
-        """Feature terms of a slice of the batch, one trunk segment at a time.
+    def _chunk_terms(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice
+                     ) -> dict[str, torch.Tensor]:
+        whole = prediction.shape[0]
+        prediction = prediction[rows]
+        return feature_terms(self.recipe, self._paired_maps(prediction, target, rows, whole),
+                             TORCH_OPS, prediction.shape[0], self._cached_style)
 
-        Each layer's distance is taken as soon as both images reach it, and the maps are
-        dropped before the next segment runs: with the lean trunk, what stays for backward is
-        a byte mask per activation and an int8 sign per L1 element, not float maps.
+    def _paired_maps(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice,
+                     whole: int) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """``(layer, prediction map, target map)`` as both images reach each layer.
+
+        The target runs without autograd (unless it requires grad itself) and stops after the
+        last layer it serves; with the lean trunk only byte masks stay for backward.
         """
         assert self.extractor is not None
         fx = self.extractor
-        n = prediction.shape[0]
-        grad_target = target is not None and torch.is_grad_enabled() and target.requires_grad
-        pred_stream = fx.iter_features(fx.preprocess(prediction))
-        target_stream = fx.iter_features(fx.preprocess(target)) if target is not None else None
-        cached = self._cached_target
-        content = dict(zip(self.layers, self.layer_weights, strict=True))
-        style = dict(zip(self.style_layers, self.style_layer_weights, strict=True))
-        # Layers whose target maps are needed; the target's pass stops after the last one
-        # (with cached style Grams, e.g. content at relu2_2, style up to relu4_3).
-        target_layers = set(content) | (set() if self._cached_style is not None else set(style))
-        found: dict[str, torch.Tensor] = {}
-        for layer, p in pred_stream:
+        needed = set(self.recipe.target_layers(self._cached_style is not None))
+        target_stream = None
+        grad_target = False
+        if target is not None and needed:
+            target = target[rows]
+            grad_target = torch.is_grad_enabled() and target.requires_grad
+            target_stream = fx.stream(target, "target", check=False)
+        cached = self._cached_target if target is None else None
+        for layer, p in fx.stream(prediction, "prediction", check=False):
             t = None
             if target_stream is not None:
                 with torch.set_grad_enabled(grad_target):
                     _, t = next(target_stream)
-                target_layers.discard(layer)
-                if not target_layers:
+                needed.discard(layer)
+                if not needed:
                     target_stream.close()
                     target_stream = None
             elif cached is not None and layer in cached:
                 t = cached[layer]
-                batch = cached["__image__"].shape[0]
-                if batch != 1:  # one cached target per sample: take this chunk's rows
-                    per_image = t.shape[0] // batch
+                if cached["__image__"].shape[0] == whole and whole != 1:
+                    per_image = t.shape[0] // whole  # this chunk's rows (channels per image)
                     t = t[rows.start * per_image: rows.stop * per_image]
-            if layer in content:
-                assert t is not None
-                pt, tt = p, _match_batch(t, p)
-                if self.normalize_features:
-                    pt, tt = normalize_channels(pt), normalize_channels(tt)
-                d = feature_distance(pt, tt, self.criterion, eps=self.charbonnier_eps)
-                found[f"content/{layer}"] = self.feature_weight * content[layer] * _per_sample(d, n)
-            if layer in style:
-                gram_p = gram_matrix(p)
-                if self._cached_style is not None:
-                    gram_t = _match_batch(self._cached_style[layer], gram_p)
-                else:
-                    assert t is not None
-                    gram_t = gram_matrix(_match_batch(t, p))
-                d = feature_distance(gram_p, gram_t, self.style_criterion,
-                                     eps=self.charbonnier_eps)
-                found[f"style/{layer}"] = self.style_weight * style[layer] * _per_sample(d, n)
+            yield layer, p, t
             del p, t
-        # In the order the layers were given, content first.
-        terms.update({f"content/{k}": found[f"content/{k}"] for k in self.layers})
-        terms.update({f"style/{k}": found[f"style/{k}"] for k in self.style_layers})
-
-    def _pixel_terms(self, prediction: torch.Tensor, target: torch.Tensor,
-                     terms: dict[str, torch.Tensor]) -> None:
-        if self.extractor is None and self.check_values:
-            check_values(prediction, "prediction", self.input_range)
-            check_values(target, "target", self.input_range)
-        low, high = self.input_range
-        pred01 = (prediction - low) / (high - low)
-        target01 = _match_batch((target - low) / (high - low), pred01)
-        if self.pixel_mse:
-            terms["pixel/mse"] = self.pixel_mse * feature_distance(pred01, target01, "mse")
-        if self.pixel_l1:
-            terms["pixel/l1"] = self.pixel_l1 * feature_distance(pred01, target01, "l1")
-        if self.ssim_weight:
-            ssim = _import_ssim()
-            with torch.autocast(device_type=prediction.device.type, enabled=False):
-                value = ssim(pred01.float(), target01.float(), data_range=1.0, size_average=False)
-            terms["ssim"] = self.ssim_weight * (1.0 - value)
-        if self.tv_weight:
-            terms["tv"] = self.tv_weight * total_variation(pred01)
 
     def extra_repr(self) -> str:
-        parts = [f"layers={self.layers}", f"criterion={self.criterion!r}"]
-        if self.style_layers:
-            parts.append(f"style_layers={self.style_layers}, style_weight={self.style_weight}")
+        recipe = self.recipe
+        parts = [f"layers={recipe.layers}", f"criterion={recipe.criterion!r}"]
+        if recipe.style_layers:
+            parts.append(f"style_layers={recipe.style_layers}, style_weight={recipe.style_weight}")
         for name in ("pixel_mse", "pixel_l1", "ssim_weight", "tv_weight"):
-            if getattr(self, name):
-                parts.append(f"{name}={getattr(self, name)}")
-        parts.append(f"reduction={self.reduction!r}")
+            if getattr(recipe, name):
+                parts.append(f"{name}={getattr(recipe, name)}")
+        parts.append(f"reduction={recipe.reduction!r}")
         return ", ".join(parts)
 
 
@@ -400,8 +425,8 @@ class TotalVariationLoss(nn.Module):
 
     def __init__(self, kind: Literal["l1", "l2"] = "l1", reduction: Reduction = "mean") -> None:
         super().__init__()
-        self.kind = kind
-        self.reduction = reduction
+        self.kind = check_choice("kind", kind, ("l1", "l2"))
+        self.reduction = check_reduction(reduction)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Total variation of ``images``."""
@@ -409,44 +434,56 @@ class TotalVariationLoss(nn.Module):
         return reduce(total_variation(images, self.kind), self.reduction)
 
 
-def _per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
-    """Average per-image values over the channels that ``per_channel`` mode stacked."""
-    return values.view(n, -1).mean(1) if values.shape[0] != n else values
+def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
+                    extractor: FeatureExtractor | None = None,
+                    backbone: str = "vgg16",
+                    layers: Sequence[str] | None = None,
+                    weights: str | os.PathLike[str] | None = "imagenet",
+                    memory: Literal["lean", "plain"] = "lean",
+                    channels_last: bool = False,
+                    chunk_size: int | None = None,
+                    **options: Any) -> torch.Tensor:
+    """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
+
+    Inputs and options are validated first; the module is then built once per recipe,
+    device and dtype and cached (up to 8), so calling this in a loop never rebuilds a VGG.
+
+    Args:
+        prediction: ``(N, C, H, W)`` in ``input_range``; gradients flow to it.
+        target: Same shape.
+        extractor: A prebuilt :class:`~perceptual_loss.FeatureExtractor` to use (its own
+            layers, range and resize then apply unless ``layers`` is given).
+        backbone: Backbone name (when no extractor is given).
+        layers: Content layers (default: the extractor's, or relu1_2..relu4_3); ``()`` with
+            ``style_layers`` for a pure style loss.
+        weights: See :class:`~perceptual_loss.FeatureExtractor`.
+        memory: See :class:`~perceptual_loss.PerceptualLoss`.
+        channels_last: See :class:`~perceptual_loss.PerceptualLoss`.
+        chunk_size: See :class:`~perceptual_loss.PerceptualLoss`.
+        **options: Every other option of :class:`~perceptual_loss.PerceptualLoss`
+            (``criterion``, ``layer_weights``, ``input_range``, ``resize``, ``reduction``,
+            style and pixel terms...).
+
+    Returns:
+        Scalar, or ``(N,)`` with ``reduction="none"``.
+    """
+    check_image(prediction, "prediction")
+    check_image(target, "target")
+    check_pair(prediction, target)
+    if extractor is not None:
+        loss_fn = PerceptualLoss(extractor=extractor, layers=layers, **options)
+    else:
+        recipe = Recipe.create(backbone, layers, weights, **options)
+        check_positive_int("chunk_size", chunk_size, allow_none=True)
+        loss_fn = _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
+                               bool(channels_last), chunk_size, str(prediction.device),
+                               prediction.dtype)
+    return loss_fn(prediction, target)
 
 
-def _match_batch(reference: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a cached target computed for one image (or one image's channels) to a batch."""
-    if reference.shape[0] == like.shape[0]:
-        return reference
-    if like.shape[0] % reference.shape[0] == 0:
-        repeats = like.shape[0] // reference.shape[0]
-        return reference.unsqueeze(0).expand(repeats, *reference.shape).reshape(like.shape[0],
-                                                                                 *reference.shape[1:])
-    raise ValueError(f"cached target batch {reference.shape[0]} does not fit a batch of "
-                     f"{like.shape[0]}; cache one image or a batch of the same size")
-
-
-def _weights_per_layer(weights: Sequence[float] | Mapping[str, float] | None,
-                       layers: tuple[str, ...], what: str, canonical) -> tuple[float, ...]:  # noqa: ANN001
-    if weights is None:
-        return tuple(1.0 for _ in layers)
-    if isinstance(weights, Mapping):
-        given = {canonical(k): float(v) for k, v in weights.items()}
-        unknown = sorted(set(given) - set(layers))
-        if unknown:
-            raise ValueError(f"{what} names layers {unknown} that are not in {list(layers)}")
-        return tuple(given.get(layer, 1.0) for layer in layers)
-    values = tuple(float(w) for w in weights)
-    if len(values) != len(layers):
-        raise ValueError(f"{what} has {len(values)} values for {len(layers)} layers {list(layers)}")
-    return values
-
-
-def _import_ssim():  # noqa: ANN202
-    try:
-        from pytorch_msssim import ssim
-    except ImportError as err:
-        raise ImportError(
-            "the SSIM term needs pytorch-msssim: pip install \"perceptual-loss[ssim]\""
-        ) from err
-    return ssim
+@functools.lru_cache(maxsize=8)
+def _cached_loss(recipe: Recipe, memory: str, channels_last: bool, chunk_size: int | None,
+                 device: str, dtype: torch.dtype) -> PerceptualLoss:
+    loss_fn = PerceptualLoss.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
+                                         channels_last=channels_last, chunk_size=chunk_size)
+    return loss_fn.to(device=torch.device(device), dtype=dtype)

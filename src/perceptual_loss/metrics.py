@@ -29,24 +29,29 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from perceptual_loss._checks import check_image, check_input_range, check_pair
-from perceptual_loss.backbones import get_backbone
+from perceptual_loss._checks import (
+    Reduction,
+    check_image,
+    check_input_range,
+    check_pair,
+    check_positive_int,
+    check_reduction,
+)
+from perceptual_loss._weight_files import check_tensor_values
 from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
+from perceptual_loss.backbones.geometry import round_up
 from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
 from perceptual_loss.extractor import FeatureExtractor
-from perceptual_loss.functional import normalize_channels
+from perceptual_loss.functional import normalize_channels, reduce
 from perceptual_loss.preprocess import ChannelMode
 
 __all__ = [
@@ -56,8 +61,6 @@ __all__ = [
     "load_lpips_heads",
     "lpips_distance",
 ]
-
-Reduction = Literal["none", "mean", "sum"]
 
 #: Stabiliser of each feature vector's length (the ``lpips`` package adds 1e-10 to it).
 UNIT_NORM_EPS = 1e-10
@@ -132,10 +135,19 @@ def load_lpips_heads(net: str, version: str = "0.1",
             state = torch.load(file, map_location="cpu", weights_only=True)
         source = f"shipped v{version} heads for {spec.name!r}"
     else:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         source = os.fspath(path)
-    if not isinstance(state, dict):
-        raise ValueError(f"{source}: expected a state dict, got {type(state).__name__}")
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"LPIPS heads file not found: {source}") from None
+        except Exception as err:  # torch raises many types for a bad file
+            raise ValueError(f"cannot read LPIPS heads file {source}: {type(err).__name__}: "
+                             f"{err}. It is corrupt or not a torch state dict.") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"{source}: expected a state dict of tensors, got "
+                         f"{type(state).__name__}")
+    check_tensor_values(state, source)
     heads: list[torch.Tensor] = []
     for index, channels in enumerate(spec.channels):
         weight = state.get(f"lin{index}.model.1.weight", state.get(f"lin{index}.weight"))
@@ -155,54 +167,6 @@ def load_lpips_heads(net: str, version: str = "0.1",
     if extra:
         raise ValueError(f"{source}: unexpected keys for {spec.name!r}: {', '.join(sorted(extra))}")
     return heads
-
-
-def _leaf_geometry(module: nn.Module) -> list[tuple[int, int, int, int]]:
-    """``(kernel, stride, padding, dilation)`` of each sliding window in ``module``, in order.
-
-    Modules with children are walked in registration order, as if their windows ran one after
-    the other; for parallel branches (SqueezeNet's Fire) this overestimates the receptive
-    field, which only makes tile margins safer.
-    """
-    def first(value: int | Sequence[int]) -> int:
-        return int(value if isinstance(value, int) else max(value))
-
-    if isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str):
-            pad = (first(module.kernel_size) - 1) // 2 * first(module.dilation)
-        else:
-            pad = first(module.padding)
-        return [(first(module.kernel_size), first(module.stride), pad, first(module.dilation))]
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        dilation = first(getattr(module, "dilation", 1))
-        stride = module.stride if module.stride is not None else module.kernel_size
-        return [(first(module.kernel_size), first(stride), first(module.padding), dilation)]
-    windows: list[tuple[int, int, int, int]] = []
-    for child in module.children():
-        windows.extend(_leaf_geometry(child))
-    return windows
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """Where the receptive field of feature pixel ``i`` lies: ``[offset + i*stride, +size)``."""
-
-    stride: int
-    size: int
-    offset: int
-
-
-def _tap_geometry(body: nn.Sequential, taps: Sequence[int]) -> dict[int, _Geometry]:
-    stride, size, offset = 1, 1, 0
-    result: dict[int, _Geometry] = {}
-    for index, module in enumerate(body):
-        for kernel, step, pad, dilation in _leaf_geometry(module):
-            size += (kernel - 1) * dilation * stride
-            offset -= pad * stride
-            stride *= step
-        if index in taps:
-            result[index] = _Geometry(stride, size, offset)
-    return result
 
 
 def _core_bounds(length: int, tile: int, margin: int, align: int, min_size: int
@@ -301,8 +265,7 @@ class LPIPS(nn.Module):
     ) -> None:
         super().__init__()
         self.net = _lpips_net(net)
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+        check_reduction(reduction)
         if spatial and reduction != "none":
             raise ValueError(
                 f"spatial=True returns one map per image and needs reduction='none'; got "
@@ -326,14 +289,11 @@ class LPIPS(nn.Module):
         for index, weight in enumerate(weights_per_layer):
             self.register_buffer(f"head{index}", weight.view(1, -1, 1, 1), persistent=False)
 
-        body = self.extractor.body
-        tap_index = [self.extractor.spec.layer_names.index(n) for n in self.net.layers]
-        geometry = _tap_geometry(body, tap_index)
-        self._strides = tuple(geometry[i].stride for i in tap_index)
-        deepest = geometry[max(tap_index)]
+        self.geometry = self.extractor.geometry
+        taps = [self.geometry.taps[name] for name in self.net.layers]
+        self._strides = tuple(tap.stride for tap in taps)
         self._align = max(self._strides)
-        needed = max(-deepest.offset, deepest.offset + deepest.size - 1, 0)
-        self.receptive_margin = _round_up(needed, self._align)
+        self.receptive_margin = round_up(taps[-1].margin, self._align)
         self.min_tile_overlap = self._smallest_overlap()
         self.tile_size, self.tile_overlap = self._check_tiling(tile_size, tile_overlap)
 
@@ -356,10 +316,9 @@ class LPIPS(nn.Module):
 
     def _check_tiling(self, tile_size: int | None, tile_overlap: int | None
                       ) -> tuple[int | None, int]:
-        if tile_overlap is not None and (not isinstance(tile_overlap, int) or tile_overlap < 0):
-            raise ValueError(f"tile_overlap must be None or an int >= 0; got {tile_overlap!r}")
-        overlap = self.receptive_margin if tile_overlap is None else \
-            max(self.min_tile_overlap, _round_up(tile_overlap, self._align))
+        check_positive_int("tile_overlap", tile_overlap, allow_none=True, minimum=0)
+        overlap = (self.receptive_margin if tile_overlap is None
+                   else max(self.min_tile_overlap, round_up(tile_overlap, self._align)))
         if tile_size is None:
             return None, overlap
         if not isinstance(tile_size, int) or isinstance(tile_size, bool):
@@ -408,11 +367,9 @@ class LPIPS(nn.Module):
         Returns:
             The distance (see the class docstring for shapes), and the parts if asked for.
         """
-        check_image(prediction, "prediction")
-        check_image(target, "target")
-        check_pair(prediction, target)
         self.extractor.check_input(prediction, "prediction")
         self.extractor.check_input(target, "target")
+        check_pair(prediction, target)
         maps = self._layer_maps(prediction, target)
         per_channel = self.extractor.channel_mode == "per_channel"
         channels = prediction.shape[1]
@@ -426,16 +383,9 @@ class LPIPS(nn.Module):
                 value = layer_map.mean(dim=(1, 2, 3))
             if per_channel:
                 value = value.view(-1, channels, *value.shape[1:]).mean(dim=1)
-            parts[f"lpips/{name}"] = self._reduce(value)
+            parts[f"lpips/{name}"] = reduce(value, self.reduction)
         total = torch.stack(list(parts.values())).sum(dim=0)
         return (total, parts) if return_parts else total
-
-    def _reduce(self, value: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return value.mean()
-        if self.reduction == "sum":
-            return value.sum()
-        return value
 
     def _layer_maps(self, prediction: torch.Tensor, target: torch.Tensor
                     ) -> list[torch.Tensor]:
@@ -476,23 +426,15 @@ class LPIPS(nn.Module):
 
     def _map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Sizes of the tapped feature maps for a ``height`` x ``width`` image."""
-        spec = self.extractor.spec
-        taps = [spec.layer_names.index(n) for n in self.net.layers]
-        x = torch.empty(1, 3, height, width, device="meta")
-        sizes: list[tuple[int, int]] = []
-        for index, module in enumerate(_meta_trunk(spec.name, max(taps) + 1)):
-            x = module(x)
-            if index in taps:
-                sizes.append((int(x.shape[-2]), int(x.shape[-1])))
-        return sizes
+        return self.geometry.map_sizes(height, width)
 
     def _tile_maps(self, prediction: torch.Tensor, target: torch.Tensor
                    ) -> list[torch.Tensor]:
         # Both images advance one trunk segment at a time; each layer's map is taken as soon as
         # both reach it, so only one segment's features are alive at once.
         fx = self.extractor
-        stream_a = fx.iter_features(fx.preprocess(prediction))
-        stream_b = fx.iter_features(fx.preprocess(target))
+        stream_a = fx.stream(prediction, "prediction", check=False)
+        stream_b = fx.stream(target, "target", check=False)
         maps_by_layer: dict[str, torch.Tensor] = {}
         for (name, feat_a), (_, feat_b) in zip(stream_a, stream_b, strict=True):
             with torch.autocast(prediction.device.type, enabled=False):
@@ -507,17 +449,6 @@ class LPIPS(nn.Module):
         return (f"net={self.net.name!r}, version={self.version!r}, lpips={self.lpips}, "
                 f"spatial={self.spatial}, reduction={self.reduction!r}, "
                 f"tile_size={self.tile_size}, tile_overlap={self.tile_overlap}")
-
-
-@functools.lru_cache(maxsize=16)
-def _meta_trunk(backbone: str, depth: int) -> nn.Sequential:
-    """The first ``depth`` modules of ``backbone`` on the meta device (shapes only)."""
-    with torch.device("meta"):
-        return nn.Sequential(*list(get_backbone(backbone).build_features().children())[:depth])
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
 
 
 @functools.lru_cache(maxsize=8)
@@ -562,8 +493,9 @@ def lpips_distance(
     Returns:
         ``(N,)`` float32 distances, or their mean/sum.
     """
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
+    check_reduction(reduction)
+    check_image(prediction, "prediction")
+    check_image(target, "target")
     if metric is None:
         weights_key = None if weights is None else os.fspath(weights)
         metric = _cached_metric(_lpips_net(net).name, version, bool(lpips), weights_key,
@@ -577,9 +509,4 @@ def lpips_distance(
             f"metric=... was built with reduction={metric.reduction!r}; build it with "
             "reduction='none' and choose the reduction here"
         )
-    value = metric(prediction, target)
-    if reduction == "mean":
-        return value.mean()
-    if reduction == "sum":
-        return value.sum()
-    return value
+    return reduce(metric(prediction, target), reduction)

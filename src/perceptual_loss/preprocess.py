@@ -22,6 +22,8 @@ __all__ = [
     "Normalization",
     "Preprocessor",
     "adapt_channels",
+    "affine_parameters",
+    "as_size",
     "get_normalization",
 ]
 
@@ -111,6 +113,28 @@ def adapt_channels(x: torch.Tensor, mode: ChannelMode = "repeat") -> torch.Tenso
     )
 
 
+def affine_parameters(normalization: Normalization, input_range: tuple[float, float]
+                      ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(shift, divisor)`` per channel so that the backbone input is ``(x - shift) / divisor``.
+
+    Range mapping and normalisation fused: ``(flip(x01) * scale - mean) / std`` with
+    ``x01 = (x - low) / (high - low)``, written so that the default case is exactly
+    ``(x - mean) / std``. Both front ends use these numbers, so they round alike.
+
+    Args:
+        normalization: How the weights expect their input.
+        input_range: ``(low, high)`` of the user's images.
+
+    Returns:
+        Two 3-tuples in the backbone's channel order.
+    """
+    low, high = input_range
+    span = (high - low) / normalization.scale
+    shift = tuple(low + m * span for m in normalization.mean)
+    divisor = tuple(s * span for s in normalization.std)
+    return shift, divisor
+
+
 class Preprocessor(nn.Module):
     """Map images in ``input_range`` to normalised backbone inputs, optionally resized.
 
@@ -137,16 +161,11 @@ class Preprocessor(nn.Module):
         if channel_mode not in ("repeat", "per_channel"):
             raise ValueError(
                 f"channel_mode must be 'repeat' or 'per_channel'; got {channel_mode!r}")
-        self.resize = _as_size(resize)
-        low, high = input_range
-        norm = self.normalization
-        # (flip(x01) * scale - mean) / std with x01 = (x - low) / (high - low), written as
-        # (x - shift) / divisor so that the default case is exactly (x - mean) / std.
-        span = (high - low) / norm.scale
-        shift = torch.tensor([low + m * span for m in norm.mean]).view(1, 3, 1, 1)
-        divisor = torch.tensor([s * span for s in norm.std]).view(1, 3, 1, 1)
-        self.register_buffer("shift", shift, persistent=False)
-        self.register_buffer("divisor", divisor, persistent=False)
+        self.resize = as_size(resize)
+        shift, divisor = affine_parameters(self.normalization, input_range)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("divisor", torch.tensor(divisor).view(1, 3, 1, 1),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocess ``x``; see the class docstring for shapes."""
@@ -159,13 +178,19 @@ class Preprocessor(nn.Module):
         return x
 
 
-def _as_size(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
+def as_size(resize: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """Validate a ``resize`` option: ``None``, a positive int, or ``(height, width)``."""
     if resize is None:
         return None
-    if isinstance(resize, int):
-        size = (resize, resize)
-    else:
-        size = tuple(int(v) for v in resize)
-    if len(size) != 2 or min(size) < 1:
+    try:
+        if isinstance(resize, bool):
+            raise TypeError
+        size = (int(resize), int(resize)) if isinstance(resize, int) else tuple(
+            int(v) for v in resize)  # type: ignore[union-attr]
+        valid = len(size) == 2 and min(size) >= 1 and all(
+            float(v) == int(v) for v in ((resize,) if isinstance(resize, int) else resize))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
         raise ValueError(f"resize must be None, a positive int or (height, width); got {resize!r}")
     return size  # type: ignore[return-value]

@@ -38,6 +38,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from perceptual_loss._checks import Reduction, check_reduction
+from perceptual_loss.functional import reduce
+
 __all__ = [
     "CT_WINDOWS",
     "VolumePerceptualLoss",
@@ -46,7 +49,6 @@ __all__ = [
     "window_ct",
 ]
 
-Reduction = Literal["none", "mean", "sum"]
 ThinAxes = Literal["skip", "error"]
 
 #: Common CT display windows, ``name: (level, width)`` in Hounsfield units.
@@ -236,9 +238,7 @@ class VolumePerceptualLoss(nn.Module):
         if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
             raise ValueError(f"max_batch must be None or an int >= 1; got {max_batch!r}")
         self.max_batch = max_batch
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum'; got {reduction!r}")
-        self.reduction: Reduction = reduction
+        self.reduction: Reduction = check_reduction(reduction)
 
     def usable_axes(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The axes of ``self.axes`` whose planes are large enough for the 2D loss.
@@ -311,9 +311,9 @@ class VolumePerceptualLoss(nn.Module):
             values = self._score(planes_a, planes_b)
             parts[f"axis/{_AXIS_NAMES[axis - 2]}"] = values.view(prediction.shape[0], -1).mean(1)
         per_volume = torch.stack(list(parts.values())).mean(dim=0)
-        total = self._reduce(per_volume)
+        total = reduce(per_volume, self.reduction)
         if return_parts:
-            return total, {name: self._reduce(value) for name, value in parts.items()}
+            return total, {name: reduce(value, self.reduction) for name, value in parts.items()}
         return total
 
     def _score(self, planes_a: torch.Tensor, planes_b: torch.Tensor) -> torch.Tensor:
@@ -330,13 +330,6 @@ class VolumePerceptualLoss(nn.Module):
                 )
             values.append(value)
         return torch.cat(values)
-
-    def _reduce(self, value: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return value.mean()
-        if self.reduction == "sum":
-            return value.sum()
-        return value
 
     def extra_repr(self) -> str:
         names = tuple(_AXIS_NAMES[a - 2] for a in self.axes)

@@ -20,32 +20,49 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 from torch import nn
+
+from perceptual_loss._weight_files import (
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+    check_shapes,
+    check_state,
+    check_tensor_values,
+    keras_to_state_dict,
+    read_keras_h5,
+    read_state_dict,
+)
+
+if TYPE_CHECKING:
+    from perceptual_loss.backbones import BackboneSpec
 
 __all__ = [
     "ENV_MIRROR",
     "ENV_OFFLINE",
     "ENV_WEIGHTS_DIR",
+    "RANDOM_WORDS",
     "WeightSpec",
+    "WeightsChoice",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
+    "build_trunk",
+    "check_tensor_values",
     "get_weight_spec",
     "list_weights",
     "load_weights_into",
+    "parse_weights",
     "read_keras_h5",
     "read_state_dict",
     "register_weights",
     "resolve_weight_file",
+    "resolve_weights",
     "search_folders",
 ]
 
@@ -53,14 +70,12 @@ ENV_WEIGHTS_DIR = "PERCEPTUAL_LOSS_WEIGHTS_DIR"
 ENV_OFFLINE = "PERCEPTUAL_LOSS_OFFLINE"
 ENV_MIRROR = "PERCEPTUAL_LOSS_MIRROR"
 DOWNLOAD_TIMEOUT_S = 15.0
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A weights file could not be found or downloaded; the message says where to put it."""
-
-
-class WeightsIntegrityError(ValueError):
-    """A weights file exists but is corrupt, fails its hash, or belongs to another network."""
+#: Words that ask for random weights explicitly (``weights=None`` does too).
+RANDOM_WORDS: frozenset[str] = frozenset({"random", "none"})
+#: File suffixes that make a ``--weights`` value a path even when no such file exists.
+CHECKPOINT_SUFFIXES: frozenset[str] = frozenset(
+    {".pth", ".pt", ".ckpt", ".bin", ".h5", ".hdf5", ".keras", ".tar"}
+)
 
 
 @dataclass(frozen=True)
@@ -239,7 +254,8 @@ def resolve_weight_file(spec: WeightSpec | str, *, download: bool = True,
         f"weights file {spec.filename!r} for {spec.key!r} not found.{reason}\n"
         f"Download it from {spec.url}\nand put it at one of:\n{places}\n"
         f"(or point {ENV_WEIGHTS_DIR} at a folder that holds it). "
-        "For random weights, pass weights=None explicitly."
+        "For random weights, pass weights=None explicitly.",
+        key=spec.key, weights_file=spec.filename, url=spec.url, folders=tuple(folders),
     )
 
 
@@ -274,17 +290,58 @@ def _file_digest(path: Path, algorithm: str) -> str:
     return hasher.hexdigest()
 
 
+def partial_path(target: Path, pid: int | None = None) -> Path:
+    """Where a download of ``target`` by process ``pid`` is written before it is verified."""
+    return target.with_name(f"{target.name}.{os.getpid() if pid is None else pid}.partial")
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Delete partial downloads of ``target`` left by processes that no longer run.
+
+    A download killed midway (``kill -9``, a power cut) cannot delete its own partial file;
+    the next attempt at the same file does. Partials of live processes (a concurrent
+    download) are left alone.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for partial in target.parent.glob(f"{target.name}.*.partial"):
+        pid_text = partial.name[len(target.name) + 1:-len(".partial")]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            continue
+        try:
+            partial.unlink()
+            removed.append(partial)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _download(url: str, target: Path, spec: WeightSpec, *, progress: bool) -> None:
-    """Stream ``url`` to ``target`` through a temporary file, checking the hash on the way."""
+    """Stream ``url`` to ``target`` through a partial file, checking the hash on the way."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)
     hasher = hashlib.new(spec.hash_algorithm)
     request = urllib.request.Request(url, headers={"User-Agent": "perceptual-loss"})
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
         total = int(response.headers.get("Content-Length") or 0) or None
         bar = _progress_bar(total, spec.filename) if progress else None
-        handle, tmp_name = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+        tmp_name = partial_path(target)
         try:
-            with os.fdopen(handle, "wb") as out:
+            with open(tmp_name, "wb") as out:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     hasher.update(chunk)
@@ -316,114 +373,138 @@ def _progress_bar(total: int | None, name: str):  # noqa: ANN202 - tqdm is optio
     return tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a torch checkpoint of tensors safely (``weights_only=True``).
 
-    Accepts a plain state dict, or a dict holding one under ``"state_dict"`` or ``"model"``.
 
-    Raises:
-        WeightsIntegrityError: The file cannot be read as a state dict; the message names it.
+# ------------------------------------------------------------------ one resolver for every caller
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What a ``weights`` value means for one backbone.
+
+    Attributes:
+        kind: ``"random"`` (asked for explicitly), ``"registry"`` (an official file) or
+            ``"file"`` (a local path).
+        spec: The registry entry (``kind == "registry"``).
+        path: The local file (``kind == "file"``).
     """
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise WeightsIntegrityError(
-            f"cannot read weights file {path}: {type(err).__name__}: {err}. "
-            "It is corrupt or not a torch checkpoint."
-        ) from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsIntegrityError(
-            f"weights file {path} does not hold a state dict of tensors (got {type(obj).__name__})"
-        )
-    return dict(obj)
+
+    kind: Literal["random", "registry", "file"]
+    spec: WeightSpec | None = None
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """How the choice is shown to users: ``random``, a registry key, or a path."""
+        if self.kind == "random":
+            return "random"
+        return self.spec.key if self.spec is not None else str(self.path)
 
 
-def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
-    """Read the weights of a Keras HDF5 file, layer by layer.
+def is_random(weights: object) -> bool:
+    """Whether ``weights`` asks for random initialisation (``None``, ``"random"``, ``"none"``)."""
+    return weights is None or (isinstance(weights, str)
+                               and weights.strip().lower() in RANDOM_WORDS)
 
-    Reads both the legacy format of the Keras Applications files (``layer_names`` and
-    ``weight_names`` attributes) and Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``).
+
+def resolve_weights(weights: str | os.PathLike[str] | None, backbone: BackboneSpec
+                    ) -> WeightsChoice:
+    """Interpret a ``weights`` value for ``backbone``, without reading any file.
+
+    Args:
+        weights: ``None``/``"random"``/``"none"`` (random, explicit), a name the backbone
+            knows (``"imagenet"``, ``"keras-imagenet"``), a registry key
+            (``"vgg16/imagenet"``), or a path to a ``.pth``/``.h5`` file.
+        backbone: The backbone the weights are for.
 
     Returns:
-        ``{layer name: [kernel, bias, ...]}`` as stored by Keras (kernels ``(kh, kw, in, out)``).
+        The :class:`WeightsChoice`.
 
     Raises:
-        ImportError: h5py is not installed; the message says how to install it.
-        WeightsIntegrityError: The file cannot be read; the message names it.
+        ValueError: A registry key of another backbone.
+        WeightsNotFoundError: Neither a known name nor an existing file.
     """
-    try:
-        import h5py
-    except ImportError as err:
-        raise ImportError(
-            "reading Keras .h5 weights needs h5py: pip install \"perceptual-loss[keras-weights]\""
-        ) from err
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as h5:
-            root = h5["model_weights"] if "model_weights" in h5 else h5
-            layers: dict[str, list[np.ndarray]] = {}
-            if "layer_names" in root.attrs:
-                for raw in root.attrs["layer_names"]:
-                    name = raw.decode() if isinstance(raw, bytes) else str(raw)
-                    if name not in root:
-                        continue  # layers without weights may have no group
-                    group = root[name]
-                    names = [n.decode() if isinstance(n, bytes) else str(n)
-                             for n in group.attrs.get("weight_names", [])]
-                    if names:
-                        layers[name] = [np.asarray(group[n]) for n in names]
-            elif "layers" in root:
-                for name, group in root["layers"].items():
-                    if "vars" in group and len(group["vars"]):
-                        keys = sorted(group["vars"], key=int)
-                        layers[name] = [np.asarray(group["vars"][k]) for k in keys]
-    except (OSError, KeyError) as err:
-        raise WeightsIntegrityError(
-            f"cannot read Keras weights file {path}: {err}. It is corrupt or not HDF5."
-        ) from err
-    if not layers:
-        raise WeightsIntegrityError(f"Keras weights file {path} holds no layer weights")
-    return layers
-
-
-def keras_to_state_dict(layers: Mapping[str, list[np.ndarray]], layer_names: tuple[str, ...],
-                        aliases: Mapping[str, str], path: Path) -> dict[str, torch.Tensor]:
-    """Convert Keras VGG layer weights to a torchvision ``features`` state dict.
-
-    Keras ``block{b}_conv{i}`` (kernel ``(3, 3, in, out)``, bias) becomes the convolution
-    before our ``relu{b}_{i}``, kernel permuted to ``(out, in, 3, 3)``.
-    """
-    state: dict[str, torch.Tensor] = {}
-    for keras_name, ours in aliases.items():
-        if not ours.startswith("relu"):
-            continue
-        if keras_name not in layers:
-            raise WeightsIntegrityError(
-                f"Keras weights file {path} has no layer {keras_name!r}; it holds "
-                f"{', '.join(sorted(layers))}. Is it the file of another network?"
+    if is_random(weights):
+        return WeightsChoice("random")
+    text = os.fspath(weights)  # type: ignore[arg-type]
+    if text in backbone.weights:
+        return WeightsChoice("registry", spec=get_weight_spec(backbone.weights[text]))
+    if text in _REGISTRY:
+        spec = _REGISTRY[text]
+        if spec.backbone != backbone.name:
+            raise ValueError(
+                f"weights {text!r} are for backbone {spec.backbone!r}, not {backbone.name!r}"
             )
-        kernel, bias = layers[keras_name][:2]
-        conv_index = layer_names.index("conv" + ours[4:])
-        state[f"{conv_index}.weight"] = torch.from_numpy(
-            np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))).float()
-        state[f"{conv_index}.bias"] = torch.from_numpy(np.asarray(bias)).float()
-    return state
+        return WeightsChoice("registry", spec=spec)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        known = ", ".join(backbone.weights) or "none"
+        raise WeightsNotFoundError(
+            f"weights {text!r}: no such file, and not a weights name of {backbone.name!r} "
+            f"(known: {known}). Pass an existing .pth/.h5 path, a known name, or "
+            "weights=None for random weights.", weights_file=text,
+        )
+    return WeightsChoice("file", path=path)
 
 
-def load_weights_into(features: nn.Sequential, backbone, weights: str | os.PathLike[str],  # noqa: ANN001
-                      *, progress: bool = True) -> tuple[str, str]:
+def parse_weights(value: str | os.PathLike[str] | None) -> str | Path | None:
+    """Check a ``--weights`` value as typed on a command line, before any backbone is known.
+
+    Args:
+        value: ``"imagenet"`` (any case), ``"random"``/``"none"``, an existing file, a
+            registry key (``"vgg16/keras-imagenet"``) or a name in one (``"keras-imagenet"``).
+
+    Returns:
+        ``"imagenet"``, ``None`` (random), a ``Path``, or the key/name.
+
+    Raises:
+        FileNotFoundError: A value that looks like a path but names no file.
+        IsADirectoryError: A folder.
+        ValueError: Empty, or neither a word, a file nor a registry key (the message lists
+            the keys).
+    """
+    if value is None:
+        return None
+    if isinstance(value, Path):
+        if not value.is_file():
+            raise FileNotFoundError(f"weights file not found: {value}")
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"weights must be a string or a path, got {type(value).__name__}")
+    text = value.strip()
+    if not text:
+        raise ValueError("--weights is empty: expected imagenet, random, a file path or a key")
+    if text.lower() == "imagenet":
+        return "imagenet"
+    if is_random(text):
+        return None
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise IsADirectoryError(f"--weights {text!r} is a folder; expected a checkpoint file")
+    keys = list_weights()
+    if text in set(keys) | {key.split("/", 1)[1] for key in keys}:
+        return text
+    looks_like_path = (path.suffix.lower() in CHECKPOINT_SUFFIXES
+                       or text.startswith((".", "~", os.sep))
+                       or (os.altsep is not None and os.altsep in text)
+                       or text.count("/") > 1)
+    if looks_like_path:
+        raise FileNotFoundError(f"weights file not found: {text}")
+    raise ValueError(
+        f"unknown weights {text!r}: expected imagenet, random, the path of an existing "
+        f"checkpoint file, or a registry key ({', '.join(keys)})"
+    )
+
+
+def load_weights_into(features: nn.Sequential, backbone: BackboneSpec,
+                      weights: str | os.PathLike[str], *, progress: bool = True
+                      ) -> tuple[str, str]:
     """Load ``weights`` into the full (untruncated) trunk ``features`` of ``backbone``.
 
     Args:
         features: The trunk built by ``backbone.build_features()``.
         backbone: The :class:`~perceptual_loss.backbones.BackboneSpec` of the trunk.
-        weights: A name of the backbone's weights (``"imagenet"``, ``"keras-imagenet"``), a
-            registry key (``"vgg16/imagenet"``), or a path to a torchvision ``.pth`` file (full
-            model or ``features`` only) or a Keras ``.h5`` file.
+        weights: See :func:`resolve_weights` (not random).
         progress: Show a progress bar if a download happens.
 
     Returns:
@@ -432,86 +513,60 @@ def load_weights_into(features: nn.Sequential, backbone, weights: str | os.PathL
 
     Raises:
         WeightsNotFoundError: The file is missing (see :func:`resolve_weight_file`).
-        WeightsIntegrityError: The file is corrupt or belongs to another network.
+        WeightsIntegrityError: The file is corrupt, holds non-finite or non-float tensors, or
+            belongs to another network.
         ValueError: ``weights`` is neither a known name nor an existing file.
     """
-    spec: WeightSpec | None = None
-    text = os.fspath(weights)
-    if text in backbone.weights:
-        spec = get_weight_spec(backbone.weights[text])
-    elif text in _REGISTRY:
-        spec = _REGISTRY[text]
-        if spec.backbone != backbone.name:
-            raise ValueError(
-                f"weights {text!r} are for backbone {spec.backbone!r}, not {backbone.name!r}"
-            )
-    if spec is not None:
-        path = resolve_weight_file(spec, progress=progress)
-        file_format, normalization, source = spec.file_format, spec.normalization, spec.key
+    choice = resolve_weights(weights, backbone)
+    if choice.kind == "random":
+        raise ValueError("load_weights_into needs a weights file; random weights load nothing")
+    if choice.spec is not None:
+        path = resolve_weight_file(choice.spec, progress=progress)
+        file_format, normalization = choice.spec.file_format, choice.spec.normalization
     else:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            known = ", ".join(backbone.weights) or "none"
-            raise WeightsNotFoundError(
-                f"weights {text!r}: no such file, and not a weights name of {backbone.name!r} "
-                f"(known: {known}). Pass an existing .pth/.h5 path, a known name, or "
-                "weights=None for random weights."
-            )
+        assert choice.path is not None
+        path = choice.path
         is_h5 = path.suffix.lower() in {".h5", ".hdf5", ".keras"}
         file_format = "keras_h5" if is_h5 else "torch"
         normalization = "caffe" if is_h5 else "imagenet"
-        source = str(path)
     if file_format == "keras_h5":
         state = keras_to_state_dict(read_keras_h5(path), backbone.layer_names,
                                     backbone.aliases, path)
     else:
         state = _features_state(read_state_dict(path), backbone, path)
-    _load_strict(features, state, path, backbone.name)
-    return source, normalization
+    check_state(features, state, path, backbone.name)
+    features.load_state_dict(state, strict=True)
+    return choice.label, normalization
 
 
-def _features_state(state: dict[str, torch.Tensor], backbone, path: Path  # noqa: ANN001
+def build_trunk(backbone: BackboneSpec, weights: str | os.PathLike[str] | None, *,
+                progress: bool = True) -> tuple[nn.Sequential, str, str]:
+    """The whole trunk of ``backbone`` with ``weights`` loaded (random only when asked for).
+
+    Returns:
+        ``(trunk, source, normalisation)``: ``source`` describes the weights (a registry key,
+        a path, or ``"random (weights=None)"``); ``normalisation`` names the preprocessing
+        the weights were trained with.
+    """
+    if is_random(weights):
+        return backbone.build_features(), "random (weights=None)", "imagenet"
+    with torch.device("meta"):  # no random initialisation that the file overwrites anyway
+        trunk = backbone.build_features()
+    trunk = trunk.to_empty(device="cpu")
+    source, normalization = load_weights_into(trunk, backbone, weights,  # type: ignore[arg-type]
+                                              progress=progress)
+    return trunk, source, normalization
+
+
+def _features_state(state: dict[str, torch.Tensor], backbone: BackboneSpec, path: Path
                     ) -> dict[str, torch.Tensor]:
     """Check a full-model or trunk-only state dict strictly; return the trunk's part."""
     prefix = backbone.features_prefix
     if not any(key.startswith(prefix) for key in state):
         return state  # trunk only: checked strictly when loaded
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in backbone.build().state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-    if missing or unexpected or wrong:
-        raise WeightsIntegrityError(_mismatch_message(path, backbone.name, missing,
-                                                      unexpected, wrong, got, expected))
+        reference = backbone.build().state_dict()
+    check_shapes({k: tuple(v.shape) for k, v in reference.items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, path, backbone.name)
+    check_tensor_values(state, path, {k: torch.is_floating_point(v) for k, v in reference.items()})
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _load_strict(features: nn.Sequential, state: dict[str, torch.Tensor], path: Path,
-                 backbone_name: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in features.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-    if missing or unexpected or wrong:
-        raise WeightsIntegrityError(_mismatch_message(path, backbone_name, missing,
-                                                      unexpected, wrong, got, expected))
-    features.load_state_dict(state, strict=True)
-
-
-def _mismatch_message(path: Path, backbone_name: str, missing: list[str], unexpected: list[str],
-                      wrong: list[str], got: Mapping[str, tuple], expected: Mapping[str, tuple]
-                      ) -> str:
-    parts = [f"weights file {path} does not fit backbone {backbone_name!r}"]
-    if missing:
-        parts.append(f"missing keys: {', '.join(missing[:6])}"
-                     + (" ..." if len(missing) > 6 else ""))
-    if unexpected:
-        parts.append(f"unexpected keys: {', '.join(unexpected[:6])}"
-                     + (" ..." if len(unexpected) > 6 else ""))
-    if wrong:
-        parts.append("wrong shapes: " + ", ".join(
-            f"{k} {got[k]} (expected {expected[k]})" for k in wrong[:4]))
-    return "; ".join(parts) + ". Is it the file of another network?"

@@ -1,0 +1,211 @@
+"""Reading weight files and checking them strictly: keys, shapes, dtypes and values.
+
+Readers for torch checkpoints (``weights_only=True``: never unpickles code) and Keras HDF5
+files, and the strict check every load goes through: a file loads only if its keys and shapes
+are exactly those of the network and every floating-point tensor is finite. Errors name the
+file and the first bad key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "WeightsIntegrityError",
+    "WeightsNotFoundError",
+    "check_state",
+    "check_tensor_values",
+    "keras_to_state_dict",
+    "read_keras_h5",
+    "read_state_dict",
+]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A weights file could not be found or downloaded; the message says where to put it.
+
+    Attributes:
+        key: Registry key of the missing file (``None`` for a path).
+        weights_file: The file looked for.
+        url: Where it is published (``None`` for a path).
+        folders: Where it was looked for.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None,
+                 weights_file: str | None = None, url: str | None = None,
+                 folders: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.key, self.weights_file, self.url, self.folders = key, weights_file, url, folders
+
+
+class WeightsIntegrityError(ValueError):
+    """A weights file exists but is corrupt, fails its hash, or belongs to another network."""
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a torch checkpoint of tensors safely (``weights_only=True``).
+
+    Accepts a plain state dict, or a dict holding one under ``"state_dict"`` or ``"model"``.
+
+    Raises:
+        WeightsIntegrityError: The file cannot be read as a state dict; the message names it.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise WeightsIntegrityError(
+            f"cannot read weights file {path}: {type(err).__name__}: {err}. "
+            "It is corrupt or not a torch checkpoint."
+        ) from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsIntegrityError(
+            f"weights file {path} does not hold a state dict of tensors (got {type(obj).__name__})"
+        )
+    return dict(obj)
+
+
+def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
+    """Read the weights of a Keras HDF5 file, layer by layer.
+
+    Reads both the legacy format of the Keras Applications files (``layer_names`` and
+    ``weight_names`` attributes) and Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``).
+
+    Returns:
+        ``{layer name: [kernel, bias, ...]}`` as stored by Keras (kernels ``(kh, kw, in, out)``).
+
+    Raises:
+        ImportError: h5py is not installed; the message says how to install it.
+        WeightsIntegrityError: The file cannot be read; the message names it.
+    """
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError(
+            "reading Keras .h5 weights needs h5py: pip install \"perceptual-loss[keras-weights]\""
+        ) from err
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            root = h5["model_weights"] if "model_weights" in h5 else h5
+            layers: dict[str, list[np.ndarray]] = {}
+            if "layer_names" in root.attrs:
+                for raw in root.attrs["layer_names"]:
+                    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if name not in root:
+                        continue  # layers without weights may have no group
+                    group = root[name]
+                    names = [n.decode() if isinstance(n, bytes) else str(n)
+                             for n in group.attrs.get("weight_names", [])]
+                    if names:
+                        layers[name] = [np.asarray(group[n]) for n in names]
+            elif "layers" in root:
+                for name, group in root["layers"].items():
+                    if "vars" in group and len(group["vars"]):
+                        keys = sorted(group["vars"], key=int)
+                        layers[name] = [np.asarray(group["vars"][k]) for k in keys]
+    except (OSError, KeyError) as err:
+        raise WeightsIntegrityError(
+            f"cannot read Keras weights file {path}: {err}. It is corrupt or not HDF5."
+        ) from err
+    if not layers:
+        raise WeightsIntegrityError(f"Keras weights file {path} holds no layer weights")
+    return layers
+
+
+def keras_to_state_dict(layers: Mapping[str, list[np.ndarray]], layer_names: tuple[str, ...],
+                        aliases: Mapping[str, str], path: Path) -> dict[str, torch.Tensor]:
+    """Convert Keras VGG layer weights to a torchvision ``features`` state dict.
+
+    Keras ``block{b}_conv{i}`` (kernel ``(3, 3, in, out)``, bias) becomes the convolution
+    before our ``relu{b}_{i}``, kernel permuted to ``(out, in, 3, 3)``.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for keras_name, ours in aliases.items():
+        if not ours.startswith("relu"):
+            continue
+        if keras_name not in layers:
+            raise WeightsIntegrityError(
+                f"Keras weights file {path} has no layer {keras_name!r}; it holds "
+                f"{', '.join(sorted(layers))}. Is it the file of another network?"
+            )
+        kernel, bias = layers[keras_name][:2]
+        conv_index = layer_names.index("conv" + ours[4:])
+        state[f"{conv_index}.weight"] = torch.from_numpy(
+            np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))).float()
+        state[f"{conv_index}.bias"] = torch.from_numpy(np.asarray(bias)).float()
+    return state
+
+
+def check_tensor_values(state: Mapping[str, torch.Tensor], source: object,
+                        floating: Mapping[str, bool] | None = None) -> None:
+    """Check that the tensors of a state dict are floating point (where expected) and finite.
+
+    Args:
+        state: Name -> tensor.
+        source: The file (or other origin) for the message.
+        floating: Name -> whether the network holds a floating-point tensor there; ``None``:
+            every tensor must be floating point. Integer counters such as batch norm's
+            ``num_batches_tracked`` are passed as ``False``.
+
+    Raises:
+        WeightsIntegrityError: The first key with a non-floating dtype or a NaN/Inf value.
+    """
+    for key, tensor in state.items():
+        if floating is not None and not floating.get(key, True):
+            continue
+        if not torch.is_floating_point(tensor):
+            raise WeightsIntegrityError(
+                f"weights file {source}: {key!r} has dtype {tensor.dtype}, expected floating "
+                "point; the file is corrupt or not a weights file for this network"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise WeightsIntegrityError(
+                f"weights file {source}: {key!r} holds NaN or Inf values; the weights are "
+                "broken (e.g. saved after a diverged training run)"
+            )
+
+
+def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: object,
+                network: str) -> None:
+    """Check ``state`` against ``module`` strictly (keys, shapes, dtypes, finite values).
+
+    Raises:
+        WeightsIntegrityError: Keys missing or unexpected, wrong shapes, or bad values; the
+            message names the file and the first offending keys.
+    """
+    reference = module.state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
+    check_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, source, network)
+    check_tensor_values(state, source,
+                        {k: torch.is_floating_point(v) for k, v in reference.items()})
+
+
+def check_shapes(expected: Mapping[str, tuple], got: Mapping[str, tuple], source: object,
+                 network: str) -> None:
+    """Compare key sets and shapes; raise one message with what does not fit."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+    if not (missing or unexpected or wrong):
+        return
+    parts = [f"weights file {source} does not fit backbone {network!r}"]
+    if missing:
+        parts.append(f"missing keys: {', '.join(missing[:6])}"
+                     + (" ..." if len(missing) > 6 else ""))
+    if unexpected:
+        parts.append(f"unexpected keys: {', '.join(unexpected[:6])}"
+                     + (" ..." if len(unexpected) > 6 else ""))
+    if wrong:
+        parts.append("wrong shapes: " + ", ".join(
+            f"{k} {got[k]} (expected {expected[k]})" for k in wrong[:4]))
+    raise WeightsIntegrityError("; ".join(parts) + ". Is it the file of another network?")
