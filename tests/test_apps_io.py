@@ -1,4 +1,5 @@
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -7,7 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from perceptual_loss.apps.io import grid_shape, list_images, load_image, save_grid, save_image
+from perceptual_loss.apps.io import (
+    TransparencyWarning,
+    grid_shape,
+    list_images,
+    load_image,
+    save_grid,
+    save_image,
+    warnings_as_lines,
+)
 
 SHARED_MEDICAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "medical"
 
@@ -76,6 +85,7 @@ def _write_png16(path: Path, pixels: np.ndarray, filters: list[int]) -> None:
 
 
 @pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.filterwarnings("ignore::perceptual_loss.apps.io.TransparencyWarning")
 def test_load_16bit_color_png_keeps_precision(tmp_path, channels):
     pixels = np.random.default_rng(1).integers(0, 65536, size=(5, 4, channels), dtype=np.uint16)
     _write_png16(tmp_path / "c16.png", pixels, filters=[0, 1, 2, 3, 4])
@@ -116,10 +126,46 @@ def test_modes_gray_and_rgb(tmp_path):
 def test_rgba_and_palette_become_rgb(tmp_path):
     pixels = np.dstack([_rgb_array(), np.full((6, 5), 7, dtype=np.uint8)])
     Image.fromarray(pixels, mode="RGBA").save(tmp_path / "a.png")
-    image = load_image(tmp_path / "a.png")
+    with pytest.warns(TransparencyWarning, match="all of its pixels are mostly or fully"):
+        image = load_image(tmp_path / "a.png")
     np.testing.assert_allclose(image.numpy(), pixels[..., :3].transpose(2, 0, 1) / 255.0)
     Image.fromarray(_rgb_array()).convert("P").save(tmp_path / "p.png")
     assert load_image(tmp_path / "p.png").shape == (3, 6, 5)
+
+
+def test_transparency_warns_only_when_alpha_hides_pixels(tmp_path):
+    alpha = np.full((6, 5), 255, dtype=np.uint8)
+    Image.fromarray(np.dstack([_rgb_array(), alpha]), mode="RGBA").save(tmp_path / "opaque.png")
+    alpha[:3] = 200  # see-through but mostly visible: not hidden
+    alpha[0, :3] = 0  # 3 of 30 pixels fully transparent
+    Image.fromarray(np.dstack([_rgb_array(), alpha]), mode="RGBA").save(tmp_path / "holes.png")
+    Image.fromarray(np.dstack([_rgb_array()[..., 0], alpha]), mode="LA").save(tmp_path / "la.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(tmp_path / "opaque.png")
+    for name in ("holes.png", "la.png"):
+        with pytest.warns(TransparencyWarning) as caught:
+            image = load_image(tmp_path / name)
+        text = str(caught[0].message)
+        assert name in text and "10% of its pixels" in text
+        assert "alpha channel is dropped" in text and "\n" not in text
+        assert image[:, 0, 0].max() > 0  # the colour underneath is kept, not blacked out
+    # a 16-bit RGBA PNG (read by the package's own decoder)
+    rgba16 = np.full((2, 3, 4), 40000, dtype=np.uint16)
+    rgba16[0, 0, 3] = 0
+    _write_png16(tmp_path / "deep.png", rgba16, filters=[0, 0])
+    with pytest.warns(TransparencyWarning, match="17% of its pixels"):
+        assert load_image(tmp_path / "deep.png").shape == (3, 2, 3)
+
+
+def test_warnings_as_lines_prints_one_line_per_warning():
+    lines = []
+    with warnings_as_lines(lines.append):
+        warnings.warn("hidden pixels", TransparencyWarning, stacklevel=1)
+    assert lines == ["Warning: hidden pixels"]
+    with warnings_as_lines(lines.append), pytest.warns(RuntimeWarning):
+        warnings.warn("other", RuntimeWarning, stacklevel=1)  # left to Python's own format
+    assert lines == ["Warning: hidden pixels"]
 
 
 def test_exif_orientation_is_applied(tmp_path):

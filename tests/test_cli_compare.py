@@ -278,3 +278,19 @@ def test_help_prints_one_example_per_line():
     assert all(line.startswith("perceptual compare ") for line in examples)
     assert "perceptual compare refs/ outputs/ --html report/" in examples
     assert "--html DIRECTORY" in result.output
+
+
+def test_transparent_pixels_give_a_one_line_warning(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(24, 20, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    pixels[:12, :, 3] = 0  # the top half is hidden
+    Image.fromarray(pixels, mode="RGBA").save(tmp_path / "logo.png")
+    _write_png(tmp_path / "b.png", seed=1)
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "logo.png"),
+                                      str(tmp_path / "b.png"), "--metric", "mse"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"Warning: {tmp_path / 'logo.png'}: 50% of its pixels are mostly or fully transparent; "
+        "the alpha channel is dropped and the colour stored under them is used as it is (often "
+        "black). Flatten the image onto the background you mean first to choose what they show"
+    ]

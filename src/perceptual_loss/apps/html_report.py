@@ -29,6 +29,7 @@ import datetime as _datetime
 import html
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from perceptual_loss.apps.compare import ImageScorer, PairScore, summarize
-from perceptual_loss.apps.io import load_image
+from perceptual_loss.apps.io import TransparencyWarning, load_image
 
 __all__ = [
     "DistanceMapper",
@@ -449,7 +450,10 @@ def write_html_report(
     bar = _progress_bar(len(ordered), progress)
     try:
         for index, score in enumerate(ordered):
-            image_a, image_b = _pair_channels(load_image(score.path_a), load_image(score.path_b))
+            with warnings.catch_warnings():  # the scores already said so
+                warnings.simplefilter("ignore", TransparencyWarning)
+                image_a, image_b = _pair_channels(load_image(score.path_a),
+                                                  load_image(score.path_b))
             if image_a.shape[-2:] != image_b.shape[-2:]:
                 raise ValueError(
                     f"{score.path_a} and {score.path_b} differ in size; compare images of the "

@@ -7,9 +7,11 @@ EXIF orientation (phone photos) is applied, so the tensor looks the way viewers 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,12 +21,14 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "TransparencyWarning",
     "grid_shape",
     "list_images",
     "load_image",
     "save_grid",
     "save_image",
     "to_pil",
+    "warnings_as_lines",
 ]
 
 ImageMode = Literal["auto", "rgb", "gray"]
@@ -37,6 +41,57 @@ _SAVE_SUFFIXES: frozenset[str] = frozenset(
 )
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _TRANSPARENT_MODES = frozenset({"LA", "RGBA", "PA", "La", "RGBa"})
+#: Pixels whose alpha is below this fraction of opaque count as hidden by transparency.
+HIDDEN_ALPHA = 0.5
+
+
+class TransparencyWarning(UserWarning):
+    """An image's alpha channel hides part of it, and the alpha channel is dropped."""
+
+
+def _warn_if_transparent(path: Path, alpha: np.ndarray, opaque: float) -> None:
+    """Warn when some pixels are mostly or fully transparent (their colour is used as is)."""
+    hidden = float(np.mean(alpha < HIDDEN_ALPHA * opaque)) if alpha.size else 0.0
+    if hidden == 0.0:
+        return
+    share = "all" if hidden == 1.0 else (f"{hidden:.0%}" if hidden >= 0.01 else "under 1%")
+    warnings.warn(
+        f"{path}: {share} of its pixels are mostly or fully transparent; the alpha channel "
+        "is dropped and the colour stored under them is used as it is (often black). "
+        "Flatten the image onto the background you mean first to choose what they show",
+        TransparencyWarning,
+        stacklevel=3,
+    )
+
+
+@contextlib.contextmanager
+def warnings_as_lines(
+    echo: Callable[[str], None], categories: tuple[type[Warning], ...] = (TransparencyWarning,)
+) -> Iterator[None]:
+    """Show warnings of ``categories`` as one ``"Warning: ..."`` line each (for the CLI).
+
+    Args:
+        echo: Prints one line (e.g. ``lambda text: click.echo(text, err=True)``).
+        categories: The warning classes to show this way; others keep Python's format.
+
+    Yields:
+        Nothing; the change lasts for the ``with`` block (also in DataLoader workers
+        forked inside it).
+    """
+    original = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: object = None, line: str | None = None) -> None:
+        if issubclass(category, categories):
+            echo(f"Warning: {message}")
+        else:
+            original(message, category, filename, lineno, file, line)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 def _png_bit_depth_and_color(path: Path) -> tuple[int, int] | None:
@@ -170,7 +225,9 @@ def load_image(path: str | Path, mode: ImageMode = "auto") -> torch.Tensor:
         mode: ``"auto"`` keeps grayscale files 1-channel and makes everything else RGB;
             ``"rgb"`` always gives 3 channels (a gray image is repeated); ``"gray"`` always
             gives 1 channel (colour is converted with the ITU-R 601 luma weights
-            0.299 R + 0.587 G + 0.114 B). An alpha channel is dropped.
+            0.299 R + 0.587 G + 0.114 B). An alpha channel is dropped: the colour stored
+            under transparent pixels is used as it is, with a :class:`TransparencyWarning`
+            when some pixels are mostly (alpha below 50%) or fully transparent.
 
     Returns:
         Tensor ``(C, H, W)``, float32, values in ``[0, 1]``, ``C`` = 1 or 3. EXIF orientation
@@ -191,7 +248,10 @@ def load_image(path: str | Path, mode: ImageMode = "auto") -> torch.Tensor:
         raise IsADirectoryError(f"expected an image file, got the folder {path}")
     png_info = _png_bit_depth_and_color(path)
     if png_info is not None and png_info[0] == 16 and png_info[1] in (2, 6):
-        array = _read_16bit_color_png(path)[..., :3].astype(np.float32) / 65535.0
+        pixels = _read_16bit_color_png(path)
+        if pixels.shape[-1] == 4:
+            _warn_if_transparent(path, pixels[..., 3], 65535.0)
+        array = pixels[..., :3].astype(np.float32) / 65535.0
         if mode == "gray":
             array = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         return _to_tensor(array)
@@ -206,6 +266,8 @@ def load_image(path: str | Path, mode: ImageMode = "auto") -> torch.Tensor:
 
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in _TRANSPARENT_MODES:
+        _warn_if_transparent(path, np.asarray(image.getchannel("A")), 255.0)
     if image.mode in {"LA", "La"}:
         image = image.getchannel("L")
     elif image.mode not in _GRAY_MODES and image.mode != "RGB":

@@ -196,6 +196,7 @@ def compare(
         write_csv,
         write_json,
     )
+    from perceptual_loss.apps.io import warnings_as_lines
 
     if path_a.is_dir() != path_b.is_dir():
         kinds = ("folder" if path_a.is_dir() else "file", "folder" if path_b.is_dir() else "file")
@@ -230,16 +231,21 @@ def compare(
     only_a: list[str] = []
     only_b: list[str] = []
     world_size = 1
+    with warnings_as_lines(lambda text: click.echo(text, err=True)):  # e.g. transparency
+        if folder_mode:
+            result = compare_folders(
+                path_a,
+                path_b,
+                scorer,
+                batch_size=batch_size,
+                num_workers=workers,
+                recursive=recursive,
+                progress=not no_progress,
+            )
+        else:
+            result = None
+            scores = [compare_images(path_a, path_b, scorer)]
     if folder_mode:
-        result = compare_folders(
-            path_a,
-            path_b,
-            scorer,
-            batch_size=batch_size,
-            num_workers=workers,
-            recursive=recursive,
-            progress=not no_progress,
-        )
         if result is None:  # a torchrun rank other than 0: rank 0 reports
             return
         scores, only_a, only_b = result.scores, result.only_in_a, result.only_in_b
@@ -251,8 +257,6 @@ def compare(
                     f"Warning: {len(names)} image(s) only in {side} were skipped: {shown}",
                     err=True,
                 )
-    else:
-        scores = [compare_images(path_a, path_b, scorer)]
 
     config = {**scorer.config, "a": str(path_a), "b": str(path_b), "device": str(device)}
     config["world_size"] = world_size

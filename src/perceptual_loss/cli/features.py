@@ -73,7 +73,7 @@ def features(
       perceptual features photo.jpg
       perceptual features ct.png --gray --layers relu1_2,relu3_3 --colormap magma -o ct_maps
     """  # noqa: D301 (\b must stay click's no-rewrap mark)
-    from perceptual_loss.apps.io import load_image
+    from perceptual_loss.apps.io import load_image, warnings_as_lines
     from perceptual_loss.apps.visualize import (
         check_colormap,
         default_feature_layers,
@@ -89,7 +89,8 @@ def features(
             "texture or shape.",
             err=True,
         )
-    image = fit_image(load_image(image_path, mode="gray" if gray else "auto"), max_size)
+    with warnings_as_lines(lambda text: click.echo(text, err=True)):
+        image = fit_image(load_image(image_path, mode="gray" if gray else "auto"), max_size)
     maps = extract_feature_maps(
         image,
         backbone=backbone,
