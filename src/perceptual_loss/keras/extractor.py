@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from perceptual_loss.extractor import DEFAULT_LAYERS
+from perceptual_loss._checks import range_problem
 from perceptual_loss.extractor import FeatureExtractor as TorchFeatureExtractor
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.backbone import keras_trunk
 from perceptual_loss.preprocess import ChannelMode, Normalization
+from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
 
 keras = import_keras()
 ops = keras.ops
@@ -25,10 +26,6 @@ ops = keras.ops
 __all__ = ["FeatureExtractor", "check_range", "concrete_min_max"]
 
 Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
-
-#: Values this far outside the declared range (as a fraction of its span) are still accepted,
-#: the same tolerance as the PyTorch side.
-RANGE_TOLERANCE = 1e-3
 
 
 class FeatureExtractor:
@@ -91,6 +88,11 @@ class FeatureExtractor:
         self._init_from_torch(torch_extractor)
 
     @classmethod
+    def from_recipe(cls, recipe: Recipe) -> FeatureExtractor:
+        """The extractor a recipe needs (layers, weights, range, channels, resize, pooling)."""
+        return cls.from_torch(TorchFeatureExtractor.from_recipe(recipe, memory="plain"))
+
+    @classmethod
     def from_torch(cls, extractor: TorchFeatureExtractor) -> FeatureExtractor:
         """Mirror an existing PyTorch extractor (its weights are copied, not shared)."""
         self = cls.__new__(cls)
@@ -120,10 +122,10 @@ class FeatureExtractor:
         """The deepest requested layer, where the backbone is cut."""
         return max(self.layers, key=self.spec.layer_names.index)
 
-    def __call__(self, images: Tensor) -> dict[str, Tensor]:
-        """Feature maps of ``images``; see the class docstring for shapes."""
+    def __call__(self, images: Tensor, name: str = "input") -> dict[str, Tensor]:
+        """Check, preprocess and run ``images``; see the class docstring for shapes."""
         images = ops.convert_to_tensor(images)
-        self.check_input(images)
+        self.check_input(images, name)
         return self.forward_preprocessed(self.preprocess(images))
 
     def check_input(self, images: Tensor, name: str = "input") -> None:
@@ -232,26 +234,18 @@ def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
 def check_range(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
     """Check that ``x`` is finite and inside ``input_range`` (skipped inside compiled steps).
 
+    The same rule and tolerance as the PyTorch side (:func:`perceptual_loss._checks.range_problem`).
+
     Raises:
         ValueError: NaN or Inf, or values outside the range (with the observed min and max).
     """
     observed = concrete_min_max(x)
     if observed is None:
         return
-    observed_min, observed_max = observed
-    if np.isnan(observed_min) or np.isnan(observed_max):
-        raise ValueError(f"{name} contains NaN values; check the model that produced it "
-                         "(e.g. its learning rate) or the data.")
-    if np.isinf(observed_min) or np.isinf(observed_max):
-        raise ValueError(f"{name} contains Inf values (observed min {observed_min}, "
-                         f"max {observed_max}).")
     low, high = input_range
-    slack = RANGE_TOLERANCE * (high - low)
-    if observed_min < low - slack or observed_max > high + slack:
-        raise ValueError(
-            f"{name} has values in [{observed_min:.4g}, {observed_max:.4g}] but "
-            f"input_range=({low:g}, {high:g}) was declared. Declare the range your images "
-            f"use (e.g. input_range=(-1, 1) or (0, 255)), bound the model's output (a final "
-            f"sigmoid for (0, 1), tanh for (-1, 1)) or clip it (keras.ops.clip(x, {low:g}, "
-            f"{high:g})), or pass check_values=False to skip this check."
-        )
+    problem = range_problem(
+        name, observed[0], observed[1], input_range,
+        f"bound the model's output (a final sigmoid for (0, 1), tanh for (-1, 1)) or clip it "
+        f"(keras.ops.clip(x, {low:g}, {high:g}))")
+    if problem is not None:
+        raise ValueError(problem)

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
+
 from perceptual_loss.functional import CRITERIA, Criterion
 from perceptual_loss.keras._compat import import_keras
 
 keras = import_keras()
 ops = keras.ops
 
-__all__ = ["feature_distance", "gram_matrix", "normalize_channels", "total_variation"]
+__all__ = [
+    "KERAS_OPS",
+    "feature_distance",
+    "gram_matrix",
+    "normalize_channels",
+    "ssim",
+    "total_variation",
+]
 
 Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
 
@@ -134,3 +143,86 @@ def total_variation(images: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
     else:
         raise ValueError(f"kind must be 'l1' or 'l2'; got {kind!r}")
     return ops.mean(dy, axis=(1, 2, 3)) + ops.mean(dx, axis=(1, 2, 3))
+
+
+def ssim(prediction: Tensor, target: Tensor, *, data_range: float = 1.0,
+         win_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Structural similarity per sample of channels-last images, as pytorch-msssim computes it.
+
+    A separable Gaussian window (``win_size``, ``sigma``) without padding, ``K1=0.01``,
+    ``K2=0.03``, the SSIM map averaged over positions and then channels; in float32.
+
+    Args:
+        prediction: ``(N, H, W, C)`` with ``H, W >= win_size``.
+        target: Same shape.
+        data_range: Span of the values (1 for images in ``[0, 1]``).
+        win_size: Side of the Gaussian window.
+        sigma: Its standard deviation in pixels.
+
+    Returns:
+        ``(N,)`` in ``[-1, 1]`` (1 for identical images).
+    """
+    x = _float32(ops.convert_to_tensor(prediction))
+    y = _float32(ops.convert_to_tensor(target))
+    shape = tuple(x.shape)
+    if any(s is not None and s < win_size for s in shape[1:3]):
+        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size} pixels, got "
+                         f"{shape[1]}x{shape[2]}; drop the SSIM term for smaller images")
+    channels = shape[-1]
+    coords = np.arange(win_size, dtype=np.float32) - win_size // 2
+    window = np.exp(-(coords ** 2) / np.float32(2 * sigma ** 2)).astype(np.float32)
+    window /= window.sum()
+    rows = ops.cast(np.tile(window.reshape(win_size, 1, 1, 1), (1, 1, channels, 1)), x.dtype)
+    cols = ops.cast(np.tile(window.reshape(1, win_size, 1, 1), (1, 1, channels, 1)), x.dtype)
+
+    def blur(images: Tensor) -> Tensor:
+        images = ops.depthwise_conv(images, rows, strides=1, padding="valid")
+        return ops.depthwise_conv(images, cols, strides=1, padding="valid")
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x * mu_x
+    var_y = blur(y * y) - mu_y * mu_y
+    cov = blur(x * y) - mu_x * mu_y
+    contrast = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)) * contrast
+    return ops.mean(ssim_map, axis=(1, 2, 3))
+
+
+def _match_batch(reference: Tensor, like: Tensor) -> Tensor:
+    """Repeat a cached target of one image (or of its channels) over a batch."""
+    cached, batch = reference.shape[0], like.shape[0]
+    if cached == batch or cached is None or batch is None:
+        return reference
+    if batch % cached == 0:
+        return ops.tile(reference, (batch // cached,) + (1,) * (len(reference.shape) - 1))
+    raise ValueError(f"cached target has batch {cached}, which does not fit a batch of "
+                     f"{batch}; cache one image or a batch of the same size")
+
+
+class _KerasOps:
+    """The primitives of the shared term plan, for channels-last Keras tensors."""
+
+    @staticmethod
+    def distance(prediction: Tensor, target: Tensor, criterion: str, eps: float) -> Tensor:
+        return feature_distance(prediction, target, criterion, eps=eps)  # type: ignore[arg-type]
+
+    gram = staticmethod(gram_matrix)
+    normalize = staticmethod(normalize_channels)
+    match_batch = staticmethod(_match_batch)
+    total_variation = staticmethod(total_variation)
+
+    @staticmethod
+    def per_image(values: Tensor, n: Any) -> Tensor:
+        """Average per-image values over the channels that ``per_channel`` mode stacked."""
+        if values.shape[0] is not None and values.shape[0] == n:
+            return values
+        return ops.mean(ops.reshape(values, (n, -1)), axis=1)
+
+    @staticmethod
+    def ssim(prediction01: Tensor, target01: Tensor) -> Tensor:
+        return ssim(prediction01, target01)
+
+
+#: Keras primitives for :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms``.
+KERAS_OPS = _KerasOps()

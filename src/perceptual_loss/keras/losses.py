@@ -1,8 +1,9 @@
-"""``keras.losses.Loss`` front end of :class:`perceptual_loss.PerceptualLoss`.
+"""``keras.losses.Loss`` front end: the same recipe and term plan as the PyTorch loss.
 
-The options are resolved by the PyTorch class itself (same names, same checks, same defaults),
-then the frozen trunk is copied into Keras layers and every term is computed with
-``keras.ops``. Given the same weights and settings both front ends return the same value.
+The options are resolved by :meth:`perceptual_loss.recipe.Recipe.create` (same names, same
+checks, same defaults), the frozen trunk is copied into Keras layers once, and the terms are
+computed by :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms`` with ``keras.ops``
+primitives. Given the same weights and settings both front ends return the same value.
 """
 
 from __future__ import annotations
@@ -11,18 +12,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from perceptual_loss.extractor import DEFAULT_LAYERS
 from perceptual_loss.functional import Criterion
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.extractor import FeatureExtractor, check_range
-from perceptual_loss.keras.functional import (
-    feature_distance,
-    gram_matrix,
-    normalize_channels,
-    total_variation,
-)
-from perceptual_loss.losses import PerceptualLoss as TorchPerceptualLoss
+from perceptual_loss.keras.functional import KERAS_OPS, gram_matrix
 from perceptual_loss.preprocess import ChannelMode
+from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe, feature_terms, pixel_terms
 
 keras = import_keras()
 ops = keras.ops
@@ -35,6 +30,7 @@ Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
 _REDUCTIONS: dict[str | None, str] = {
     "mean": "mean",
     "sum_over_batch_size": "mean",
+    "mean_with_sample_weight": "mean",
     "sum": "sum",
     "none": "none",
     None: "none",
@@ -47,7 +43,7 @@ class PerceptualLoss(keras.losses.Loss):
 
     ``total = feature_weight * sum_l w_l * d(F_l(y_pred), F_l(y_true))``
     ``      + style_weight * sum_s v_s * d(G(F_s(y_pred)), G(F_s(y_true)))``
-    ``      + pixel_mse * MSE + pixel_l1 * L1 + tv_weight * TV(y_pred)``
+    ``      + pixel_mse * MSE + pixel_l1 * L1 + ssim_weight * (1 - SSIM) + tv_weight * TV``
 
     the same sum as :class:`perceptual_loss.PerceptualLoss`: each layer distance ``d`` is a
     mean over that layer's elements per sample, ``G`` is the Gram matrix normalised by
@@ -77,6 +73,8 @@ class PerceptualLoss(keras.losses.Loss):
         style_criterion: Distance between Gram matrices (default: ``criterion``).
         pixel_mse: Weight of the pixel MSE term (on images mapped to ``[0, 1]``).
         pixel_l1: Weight of the pixel L1 term (on images mapped to ``[0, 1]``).
+        ssim_weight: Weight of ``1 - SSIM`` (Gaussian window 11, sigma 1.5, on ``[0, 1]``),
+            the value of pytorch-msssim, computed with ``keras.ops``.
         tv_weight: Weight of the total variation of the prediction.
         resize: Resize (bilinear) to this size before the backbone, or ``None``.
         input_range: ``(low, high)`` of the images: ``(0, 1)``, ``(-1, 1)``, ``(0, 255)``...
@@ -87,6 +85,7 @@ class PerceptualLoss(keras.losses.Loss):
         check_values: Check both images for NaN/Inf and range where they hold values (eager
             steps, e.g. the torch backend); compiled JAX/TensorFlow steps skip it.
         charbonnier_eps: Smoothing constant of the Charbonnier distance.
+        pooling: ``"max"`` (default) or ``"avg"`` (2x2 average pooling instead, same weights).
         name: Name of the loss (Keras logs it).
         dtype: Dtype the inputs are cast to; defaults to ``keras.config.floatx()``.
 
@@ -121,6 +120,7 @@ class PerceptualLoss(keras.losses.Loss):
         style_criterion: Criterion | None = None,
         pixel_mse: float = 0.0,
         pixel_l1: float = 0.0,
+        ssim_weight: float = 0.0,
         tv_weight: float = 0.0,
         resize: int | Sequence[int] | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
@@ -129,10 +129,11 @@ class PerceptualLoss(keras.losses.Loss):
         reduction: str | None = "mean",
         check_values: bool = True,
         charbonnier_eps: float = 1e-3,
+        pooling: str = "max",
         name: str = "perceptual_loss",
         dtype: str | None = None,
     ) -> None:
-        if reduction not in _REDUCTIONS and reduction != "mean_with_sample_weight":
+        if reduction not in _REDUCTIONS:
             raise ValueError(
                 f"reduction must be 'mean', 'sum' or 'none' (or a Keras name: "
                 f"'sum_over_batch_size', 'mean_with_sample_weight'); got {reduction!r}"
@@ -142,82 +143,49 @@ class PerceptualLoss(keras.losses.Loss):
                 f"normalization must be a name such as 'imagenet' or 'caffe' (so the loss can "
                 f"be saved with the model); got {type(normalization).__name__}"
             )
-        super().__init__(name=name, reduction="none" if reduction is None else reduction,
-                         dtype=dtype)
-        self._config: dict[str, Any] = {
-            "backbone": backbone,
-            "layers": None if layers is None else list(layers) if not isinstance(layers, str)
-            else [layers],
-            "weights": None if weights is None else os.fspath(weights),
-            "criterion": criterion,
-            "layer_weights": _plain(layer_weights),
-            "normalize_features": bool(normalize_features),
-            "feature_weight": float(feature_weight),
-            "style_layers": [style_layers] if isinstance(style_layers, str)
-            else list(style_layers),
-            "style_weight": float(style_weight),
-            "style_layer_weights": _plain(style_layer_weights),
-            "style_criterion": style_criterion,
-            "pixel_mse": float(pixel_mse),
-            "pixel_l1": float(pixel_l1),
-            "tv_weight": float(tv_weight),
-            "resize": resize if resize is None or isinstance(resize, int) else list(resize),
-            "input_range": [float(input_range[0]), float(input_range[1])]
-            if isinstance(input_range, Sequence) and len(input_range) == 2 else input_range,
-            "channel_mode": channel_mode,
-            "normalization": normalization,
-            "check_values": bool(check_values),
-            "charbonnier_eps": float(charbonnier_eps),
-        }
-        # The PyTorch class validates and resolves every option (layer names and aliases,
-        # weights files, per-layer weights, range, resize); the Keras side mirrors the result.
-        resolved = TorchPerceptualLoss(
+        recipe = Recipe.create(
             backbone, layers, weights, criterion=criterion, layer_weights=layer_weights,
             normalize_features=normalize_features, feature_weight=feature_weight,
             style_layers=style_layers, style_weight=style_weight,
             style_layer_weights=style_layer_weights, style_criterion=style_criterion,
-            pixel_mse=pixel_mse, pixel_l1=pixel_l1, tv_weight=tv_weight, resize=resize,
-            input_range=input_range, channel_mode=channel_mode, normalization=normalization,
-            reduction=_REDUCTIONS.get(reduction, "mean"), check_values=check_values,
-            charbonnier_eps=charbonnier_eps,
+            pixel_mse=pixel_mse, pixel_l1=pixel_l1, ssim_weight=ssim_weight,
+            tv_weight=tv_weight, resize=resize, input_range=input_range,
+            channel_mode=channel_mode, normalization=normalization,
+            reduction=_REDUCTIONS[reduction], check_values=check_values,
+            charbonnier_eps=charbonnier_eps, pooling=pooling,
         )
+        super().__init__(name=name, reduction="none" if reduction is None else reduction,
+                         dtype=dtype)
+        self.recipe = recipe
         self.extractor: FeatureExtractor | None = (
-            FeatureExtractor.from_torch(resolved.extractor)
-            if resolved.extractor is not None else None
-        )
-        self.layers: tuple[str, ...] = resolved.layers
-        self.style_layers: tuple[str, ...] = resolved.style_layers
-        self.layer_weights: tuple[float, ...] = resolved.layer_weights
-        self.style_layer_weights: tuple[float, ...] = resolved.style_layer_weights
-        self.criterion: str = resolved.criterion
-        self.style_criterion: str = resolved.style_criterion
-        self.normalize_features: bool = resolved.normalize_features
-        self.feature_weight: float = resolved.feature_weight
-        self.style_weight: float = resolved.style_weight
-        self.pixel_mse: float = resolved.pixel_mse
-        self.pixel_l1: float = resolved.pixel_l1
-        self.tv_weight: float = resolved.tv_weight
-        self.input_range: tuple[float, float] = resolved.input_range
-        self.check_values: bool = resolved.check_values
-        self.charbonnier_eps: float = resolved.charbonnier_eps
+            FeatureExtractor.from_recipe(self.recipe) if self.recipe.feature_layers else None)
         self._cached_style: dict[str, Tensor] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        recipe = self.__dict__.get("recipe")
+        if recipe is not None and name in Recipe.__dataclass_fields__ and name != "reduction":
+            return getattr(recipe, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ Keras API
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss ``(N,)``; Keras applies the reduction and any sample weights."""
-        terms = self._terms(y_true, y_pred)
-        total = terms[0][1]
-        for _, value in terms[1:]:
+        terms = list(self._terms(y_true, y_pred).values())
+        total = terms[0]
+        for value in terms[1:]:
             total = total + value
         return total
 
     def get_config(self) -> dict[str, Any]:
-        """Everything needed to rebuild the loss (weights are re-read from their file).
+        """The recipe's fields plus Keras' own (name, reduction, dtype).
 
-        With ``weights=None`` a rebuilt loss has new random weights.
+        Weights are re-read from their file when the loss is rebuilt; with ``weights=None`` a
+        rebuilt loss has new random weights.
         """
         config = super().get_config()
-        config.update(self._config)
+        recipe = self.recipe.to_config()
+        recipe.pop("reduction")  # Keras' own reduction (its vocabulary) is in ``config``
+        config.update(recipe)
         return config
 
     # ------------------------------------------------------------------ extras
@@ -230,17 +198,18 @@ class PerceptualLoss(keras.losses.Loss):
 
         Returns:
             ``{term: value}`` with keys ``content/<layer>``, ``style/<layer>``,
-            ``pixel/mse``, ``pixel/l1``, ``tv``; each ``(N,)`` with ``reduction="none"``,
-            else reduced like the loss (without sample weights). Gradients are stopped.
+            ``pixel/mse``, ``pixel/l1``, ``ssim``, ``tv``; each ``(N,)`` with
+            ``reduction="none"``, else reduced like the loss (without sample weights).
+            Gradients are stopped.
         """
         y_true = ops.convert_to_tensor(y_true, dtype=self.dtype)
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         parts = {}
-        for name, value in self._terms(y_true, y_pred):
+        for name, value in self._terms(y_true, y_pred).items():
             value = ops.stop_gradient(value)
-            if self.reduction == "sum":
+            if self.recipe.reduction == "sum":
                 value = ops.sum(value)
-            elif self.reduction not in ("none", None):
+            elif self.recipe.reduction == "mean":
                 value = ops.mean(value)
             parts[name] = value
         return parts
@@ -258,24 +227,19 @@ class PerceptualLoss(keras.losses.Loss):
         Raises:
             ValueError: The loss has no style layers, or the image is invalid.
         """
-        if not self.style_layers or self.extractor is None:
+        if not self.recipe.style_layers or self.extractor is None:
             raise ValueError("set_style_target needs style_layers, e.g. style_layers="
                              "('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3')")
         style_image = ops.convert_to_tensor(style_image, dtype=self.dtype)
-        feats = self._features(style_image, "style_image")
+        feats = self.extractor(style_image, "style_image")
         self._cached_style = {n: ops.stop_gradient(gram_matrix(feats[n]))
-                              for n in self.style_layers}
+                              for n in self.recipe.style_layers}
 
     def clear_style_target(self) -> None:
         """Forget the Gram matrices cached by :meth:`set_style_target`."""
         self._cached_style = None
 
     # ------------------------------------------------------------------ maths
-    def _features(self, images: Tensor, name: str) -> dict[str, Tensor]:
-        assert self.extractor is not None
-        self.extractor.check_input(images, name)
-        return self.extractor.forward_preprocessed(self.extractor.preprocess(images))
-
     def _check_pair(self, y_true: Tensor, y_pred: Tensor) -> None:
         true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
         comparable = len(true_shape) == len(pred_shape) and all(
@@ -286,79 +250,24 @@ class PerceptualLoss(keras.losses.Loss):
                 f"and {pred_shape}. The model must output images of the target's size."
             )
 
-    def _terms(self, y_true: Tensor, y_pred: Tensor) -> list[tuple[str, Tensor]]:
-        """``[(term name, (N,) weighted value), ...]``."""
+    def _terms(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
+        """``{term name: (N,) weighted value}`` in the order of the recipe."""
         self._check_pair(y_true, y_pred)
         y_true = ops.stop_gradient(y_true)
-        terms: list[tuple[str, Tensor]] = []
+        recipe = self.recipe
+        terms: dict[str, Tensor] = {}
         if self.extractor is not None:
-            terms.extend(self._feature_terms(y_true, y_pred))
-        if self.pixel_mse or self.pixel_l1 or self.tv_weight:
-            terms.extend(self._pixel_terms(y_true, y_pred))
+            predicted = self.extractor(y_pred, "y_pred")
+            needed = recipe.target_layers(self._cached_style is not None)
+            target = ({k: ops.stop_gradient(v) for k, v in self.extractor(y_true, "y_true").items()}
+                      if needed else {})
+            maps = [(layer, predicted[layer], target.get(layer))
+                    for layer in recipe.feature_layers]
+            terms.update(feature_terms(recipe, maps, KERAS_OPS, ops.shape(y_pred)[0],
+                                       self._cached_style))
+        if recipe.has_pixel_terms:
+            if self.extractor is None and recipe.check_values:
+                check_range(y_pred, "y_pred", recipe.input_range)
+                check_range(y_true, "y_true", recipe.input_range)
+            terms.update(pixel_terms(recipe, y_pred, y_true, KERAS_OPS))
         return terms
-
-    def _feature_terms(self, y_true: Tensor, y_pred: Tensor) -> list[tuple[str, Tensor]]:
-        n = ops.shape(y_pred)[0]
-        pred_feats = self._features(y_pred, "y_pred")
-        need_target = bool(self.layers) or (bool(self.style_layers)
-                                            and self._cached_style is None)
-        target_feats = ({k: ops.stop_gradient(v)
-                         for k, v in self._features(y_true, "y_true").items()}
-                        if need_target else {})
-        per_channel = self.extractor.channel_mode == "per_channel"
-
-        def per_sample(values: Tensor) -> Tensor:
-            return ops.mean(ops.reshape(values, (n, -1)), axis=1) if per_channel else values
-
-        terms: list[tuple[str, Tensor]] = []
-        for layer, weight in zip(self.layers, self.layer_weights, strict=True):
-            p, t = pred_feats[layer], target_feats[layer]
-            if self.normalize_features:
-                p, t = normalize_channels(p), normalize_channels(t)
-            d = feature_distance(p, t, self.criterion, eps=self.charbonnier_eps)
-            terms.append((f"content/{layer}", self.feature_weight * weight * per_sample(d)))
-        for layer, weight in zip(self.style_layers, self.style_layer_weights, strict=True):
-            gram_p = gram_matrix(pred_feats[layer])
-            if self._cached_style is not None:
-                gram_t = _match_batch(self._cached_style[layer], gram_p)
-            else:
-                gram_t = gram_matrix(target_feats[layer])
-            d = feature_distance(gram_p, gram_t, self.style_criterion, eps=self.charbonnier_eps)
-            terms.append((f"style/{layer}", self.style_weight * weight * per_sample(d)))
-        return terms
-
-    def _pixel_terms(self, y_true: Tensor, y_pred: Tensor) -> list[tuple[str, Tensor]]:
-        if self.extractor is None and self.check_values:
-            check_range(y_pred, "y_pred", self.input_range)
-            check_range(y_true, "y_true", self.input_range)
-        low, high = self.input_range
-        pred01 = (y_pred - low) / (high - low)
-        true01 = (y_true - low) / (high - low)
-        terms: list[tuple[str, Tensor]] = []
-        if self.pixel_mse:
-            terms.append(("pixel/mse", self.pixel_mse * feature_distance(pred01, true01, "mse")))
-        if self.pixel_l1:
-            terms.append(("pixel/l1", self.pixel_l1 * feature_distance(pred01, true01, "l1")))
-        if self.tv_weight:
-            terms.append(("tv", self.tv_weight * total_variation(pred01)))
-        return terms
-
-
-def _match_batch(reference: Tensor, like: Tensor) -> Tensor:
-    """Repeat cached Grams of one style image (or of its channels) over a batch."""
-    cached, batch = reference.shape[0], like.shape[0]
-    if cached == batch:
-        return reference
-    if batch is not None and cached is not None and batch % cached == 0:
-        return ops.tile(reference, (batch // cached, 1, 1))
-    raise ValueError(f"cached style target has batch {cached}, which does not fit a batch of "
-                     f"{batch}; cache one image or a batch of the same size")
-
-
-def _plain(weights: Sequence[float] | Mapping[str, float] | None) -> Any:
-    """Per-layer weights as JSON-friendly values for :meth:`PerceptualLoss.get_config`."""
-    if weights is None:
-        return None
-    if isinstance(weights, Mapping):
-        return {str(k): float(v) for k, v in weights.items()}
-    return [float(w) for w in weights]
