@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -39,9 +39,7 @@ from perceptual_loss._weight_files import (
     read_keras_h5,
     read_state_dict,
 )
-
-if TYPE_CHECKING:
-    from perceptual_loss.backbones import BackboneSpec
+from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
 
 __all__ = [
     "ENV_MIRROR",
@@ -54,6 +52,7 @@ __all__ = [
     "WeightsNotFoundError",
     "build_trunk",
     "check_tensor_values",
+    "find_weight_spec",
     "get_weight_spec",
     "list_weights",
     "load_weights_into",
@@ -397,6 +396,20 @@ class WeightsChoice:
         if self.kind == "random":
             return "random"
         return self.spec.key if self.spec is not None else str(self.path)
+
+
+def find_weight_spec(name: str) -> WeightSpec:
+    """A registry key (``"vgg16/imagenet"``) or a backbone name (its ImageNet file).
+
+    Raises:
+        ValueError: Neither; the message lists the keys.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in list_backbones() and "imagenet" in get_backbone(name).weights:
+        return get_weight_spec(get_backbone(name).weights["imagenet"])
+    raise ValueError(f"unknown weights {name!r}; use a key ({', '.join(list_weights())}) or "
+                     "a backbone name")
 
 
 def is_random(weights: object) -> bool:

@@ -18,20 +18,26 @@ and writes the files once.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from perceptual_loss.apps.compare_output import summarize, write_csv, write_json
+from perceptual_loss.apps.image_metrics import SSIM_WINDOW, psnr_from_mse
+from perceptual_loss.apps.image_metrics import ssim as ssim_per_sample
 from perceptual_loss.apps.io import list_images, load_image
+from perceptual_loss.apps.runtime import progress_bar, setup_distributed
+from perceptual_loss.functional import import_ssim
+from perceptual_loss.losses import PerceptualLoss
+from perceptual_loss.metrics import LPIPS
+from perceptual_loss.recipe import Recipe
+from perceptual_loss.weights import WeightsIntegrityError, is_random
 
 __all__ = [
     "ALL_METRICS",
@@ -52,7 +58,6 @@ __all__ = [
 
 ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips")
 DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
-SSIM_WINDOW = 11
 
 
 def parse_metrics(names: Iterable[str] | None) -> tuple[str, ...]:
@@ -78,20 +83,6 @@ def parse_metrics(names: Iterable[str] | None) -> tuple[str, ...]:
             f"unknown metric {unknown[0]!r}: choose from {', '.join(ALL_METRICS)} or all"
         )
     return tuple(name for name in ALL_METRICS if name in chosen)
-
-
-def psnr_from_mse(mse: torch.Tensor | float, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB from a mean squared error.
-
-    Args:
-        mse: Mean squared error(s), ``>= 0``, of images whose values span ``data_range``.
-        data_range: Peak value minus lowest value (1 for images in ``[0, 1]``).
-
-    Returns:
-        ``10 * log10(data_range**2 / mse)``; ``inf`` where ``mse == 0``.
-    """
-    mse = torch.as_tensor(mse, dtype=torch.float64)
-    return 10.0 * torch.log10(data_range**2 / mse)
 
 
 @dataclass
@@ -180,50 +171,46 @@ class ImageScorer:
         self.perceptual: torch.nn.Module | None = None
         self.lpips: torch.nn.Module | None = None
         self.layers: tuple[str, ...] = ()
+        self.notes: list[str] = []
         if "ssim" in self.metrics:
             try:
-                from pytorch_msssim import ssim
+                import_ssim()
             except ImportError as error:
-                raise ImportError(
-                    "the ssim metric needs pytorch-msssim: pip install 'perceptual-loss[ssim]' "
-                    "(or leave ssim out with --metric)"
-                ) from error
-            self._ssim = ssim
+                raise ImportError(f"{error} (or leave ssim out with --metric)") from error
         if "perceptual" in self.metrics:
-            from perceptual_loss import DEFAULT_LAYERS, PerceptualLoss
-
-            chosen_layers = tuple(layers) if layers else tuple(DEFAULT_LAYERS)
-            self.perceptual = PerceptualLoss(
-                backbone,
-                layers=chosen_layers,
-                weights=weights,
-                criterion=criterion,
-                resize=resize,
-                reduction="none",
-            ).to(self.device)
-            self.layers = tuple(self.perceptual.extractor.layers)
+            self.recipe = Recipe.create(backbone, tuple(layers) if layers else None, weights,
+                                        criterion=criterion, resize=resize, reduction="none")
+            self.perceptual = PerceptualLoss.from_recipe(self.recipe).to(self.device)
+            self.layers = self.recipe.layers
+        lpips_weights = None
         if "lpips" in self.metrics:
-            try:
-                from perceptual_loss.metrics import LPIPS
-            except ImportError as error:
-                raise ImportError(
-                    "the lpips metric is not available in this installation of perceptual-loss"
-                ) from error
-            self.lpips = LPIPS(
-                lpips_net,
-                weights=None if weights is None else "imagenet",
-                reduction="none",
-                tile_size=tile_size,
-            ).to(self.device)
+            self.lpips, lpips_weights = self._lpips(lpips_net, weights, tile_size)
+            self.lpips.to(self.device)
         self.config: dict[str, Any] = {
             "metrics": list(self.metrics),
             "backbone": backbone if self.perceptual is not None else None,
             "layers": list(self.layers),
-            "weights": "random" if weights is None else str(weights),
+            "weights": "random" if is_random(weights) else str(weights),
             "criterion": criterion,
             "resize": resize,
             "lpips_net": lpips_net if self.lpips is not None else None,
+            "lpips_weights": lpips_weights,
+            "notes": self.notes,
         }
+
+    def _lpips(self, net: str, weights: str | os.PathLike[str] | None, tile_size: int | None
+               ) -> tuple[LPIPS, str | None]:
+        """The LPIPS metric with ``weights`` on its trunk where they fit, else ImageNet's."""
+        if is_random(weights):
+            return LPIPS(net, weights=None, reduction="none", tile_size=tile_size), "random"
+        if weights not in ("imagenet", None):
+            try:
+                metric = LPIPS(net, weights=weights, reduction="none", tile_size=tile_size)
+                return metric, str(weights)
+            except (WeightsIntegrityError, ValueError) as error:
+                self.notes.append(f"lpips uses the ImageNet weights of its {net} trunk: "
+                                  f"--weights {weights} does not fit it ({error})")
+        return LPIPS(net, weights="imagenet", reduction="none", tile_size=tile_size), "imagenet"
 
     def value_names(self) -> list[str]:
         """Names of the values each pair gets, in output order."""
@@ -279,10 +266,7 @@ class ImageScorer:
                     f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got "
                     f"{height}x{width}; leave ssim out (e.g. --metric mse,psnr,perceptual)"
                 )
-            ssim_value = self._ssim(
-                image_a, image_b, data_range=1.0, size_average=False, win_size=SSIM_WINDOW
-            )
-            out["ssim"] = ssim_value.double().cpu()
+            out["ssim"] = ssim_per_sample(image_a, image_b).double().cpu()
         if self.perceptual is not None:
             total, parts = self.perceptual(image_b, image_a, return_parts=True)
             out["perceptual"] = total.double().cpu()
@@ -436,20 +420,6 @@ def compare_images(
     )
 
 
-def _distributed_context(device: torch.device) -> tuple[int, int, bool]:
-    """``(rank, world_size, created)``: join the ``torchrun`` process group if launched so."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or not dist.is_available():
-        return 0, 1, False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), True
-
-
 def compare_folders(
     folder_a: str | Path,
     folder_b: str | Path,
@@ -485,7 +455,8 @@ def compare_folders(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     pairs, only_a, only_b = match_folders(folder_a, folder_b, recursive=recursive)
-    rank, world_size, created = _distributed_context(scorer.device)
+    context = setup_distributed(scorer.device)
+    rank, world_size = context.rank, context.world_size
     try:
         shard = list(range(rank, len(pairs), world_size))
         dataset = ImagePairDataset(pairs)
@@ -496,27 +467,23 @@ def compare_folders(
             num_workers=num_workers,
             collate_fn=_keep_list,
         )
-        bar = _progress(len(pairs), enabled=progress and rank == 0)
+        bar = progress_bar(len(pairs), enabled=progress and rank == 0, unit="pair",
+                           description="comparing", leave=False)
         local: list[PairScore] = []
         failure: BaseException | None = None
         try:
             for items in loader:
                 local.extend(_score_items(items, pairs, scorer))
-                if bar is not None:
-                    bar.update(len(items) * world_size)
+                bar.update(len(items) * world_size)
         except Exception as error:  # shared with the other ranks below, then re-raised
             if world_size == 1:
                 raise
             failure = error
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         gathered = _gather(local, failure, rank, world_size)
     finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        context.close()
     if gathered is None:
         return None
     order = {name: position for position, (name, _, _) in enumerate(pairs)}
@@ -562,8 +529,6 @@ def _gather(
     """
     if world_size == 1:
         return local
-    import torch.distributed as dist
-
     message = None if failure is None else f"{type(failure).__name__}: {failure}"
     received: list[tuple[list[PairScore], str | None] | None] = [None] * world_size
     dist.all_gather_object(received, ([] if failure is not None else local, message))
@@ -575,95 +540,3 @@ def _gather(
     if rank != 0:
         return None
     return [score for part in received if part is not None for score in part[0]]
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="pair", desc="comparing", file=sys.stderr, leave=False)
-
-
-def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:
-    """Mean of each value over the pairs.
-
-    PSNR is averaged over the pairs where it is finite (identical pairs have infinite PSNR);
-    it is ``inf`` when every pair is identical.
-
-    Args:
-        scores: Scores of the pairs.
-
-    Returns:
-        Value name -> mean.
-    """
-    if not scores:
-        return {}
-    summary: dict[str, float | None] = {}
-    for key in scores[0].values:
-        values = [score.values[key] for score in scores]
-        finite = [value for value in values if math.isfinite(value)]
-        if key == "psnr":
-            summary[key] = sum(finite) / len(finite) if finite else math.inf
-        else:
-            summary[key] = sum(values) / len(values)
-    return summary
-
-
-def _json_number(value: Any) -> Any:
-    """Infinite PSNR is written as the string "inf" (JSON has no infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return value
-
-
-def write_json(
-    path: str | Path,
-    scores: Sequence[PairScore],
-    config: dict[str, Any],
-    only_in_a: Sequence[str] = (),
-    only_in_b: Sequence[str] = (),
-) -> Path:
-    """Write scores, their means, the settings and unmatched names as JSON.
-
-    The document is ``{"config": ..., "summary": {value: mean}, "pairs": [row, ...],
-    "unmatched": {"only_in_a": [...], "only_in_b": [...]}}``; an infinite PSNR is ``"inf"``.
-
-    Returns:
-        The written path.
-    """
-    document = {
-        "config": config,
-        "summary": {key: _json_number(value) for key, value in summarize(scores).items()},
-        "pairs": [
-            {key: _json_number(value) for key, value in score.row().items()} for score in scores
-        ],
-        "unmatched": {"only_in_a": list(only_in_a), "only_in_b": list(only_in_b)},
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
-
-
-def write_csv(path: str | Path, scores: Sequence[PairScore]) -> Path:
-    """Write one row per pair: name, a, b, height, width, then the values (``inf`` as text).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: When ``scores`` is empty.
-    """
-    if not scores:
-        raise ValueError("no scores to write")
-    rows = [score.row() for score in scores]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

@@ -30,18 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from perceptual_loss import PerceptualLoss
+from perceptual_loss.apps.checkpoints import load_checkpoint
 from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
+from perceptual_loss.apps.loss_mix import DEFAULT_STYLE_LAYERS, default_layers_for
 from perceptual_loss.apps.models import TransformerNet, build_model
-from perceptual_loss.apps.training import (
-    DEFAULT_STYLE_LAYERS,
-    TrainConfig,
-    TrainResult,
-    _crops_per_epoch,
-    _predict,
-    default_layers_for,
-    fit,
-    load_checkpoint,
-)
+from perceptual_loss.apps.reports import predict
+from perceptual_loss.apps.training import TrainConfig, TrainResult, _crops_per_epoch, fit
 
 __all__ = [
     "GATYS_CONTENT_LAYERS",
@@ -128,7 +122,7 @@ def _style_evaluator(loss_fn: PerceptualLoss) -> Callable[..., list[dict[str, fl
     def evaluate(model: nn.Module, pairs, device: torch.device) -> list[dict[str, float]]:
         rows = []
         for content, _ in pairs:
-            output = _predict(model, content, device).unsqueeze(0).to(device)
+            output = predict(model, content, device).unsqueeze(0).to(device)
             reference = content.unsqueeze(0).to(device)
             row: dict[str, float] = {}
             for label, image in (("input", reference), ("output", output)):
@@ -234,7 +228,7 @@ def train_style(
     return fit(
         model, loss_fn, dataset, eval_pairs, config, task=task, eval_names=eval_names,
         evaluate=_style_evaluator(loss_fn), legend=STYLE_LEGEND, notes=notes, device=device,
-        echo=echo,
+        echo=echo, columns=("content", "stylized", "style"), reference=style_small,
     )
 
 

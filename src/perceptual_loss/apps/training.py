@@ -18,22 +18,49 @@ One loop serves every task (denoising, super-resolution, fast style transfer):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from perceptual_loss import DEFAULT_LAYERS, PerceptualLoss
+from perceptual_loss.apps.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
+from perceptual_loss.apps.image_metrics import psnr, ssim
+from perceptual_loss.apps.loss_mix import (
+    DEFAULT_STYLE_LAYERS,
+    LOSS_TERMS,
+    LossConfig,
+    build_loss,
+    default_layers_for,
+    loss_recipe,
+    parse_loss_spec,
+    perceptual_distance_module,
+)
+from perceptual_loss.apps.reports import (
+    COLUMNS,
+    RESTORATION_LEGEND,
+    Evaluator,
+    evaluate_restoration,
+    final_evaluation,
+    format_number,
+    plot_loss_curve,
+    write_report,
+    write_samples,
+)
+from perceptual_loss.apps.runtime import (
+    DistributedContext,
+    progress_bar,
+    setup_distributed,
+    worker_init,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -48,6 +75,7 @@ __all__ = [
     "evaluate_restoration",
     "fit",
     "load_checkpoint",
+    "loss_recipe",
     "parse_loss_spec",
     "perceptual_distance_module",
     "plot_loss_curve",
@@ -57,321 +85,6 @@ __all__ = [
     "train_restoration",
 ]
 
-#: Names accepted in a loss spec, and what each weighs.
-LOSS_TERMS: dict[str, str] = {
-    "mse": "mean squared error on pixels",
-    "l1": "mean absolute error on pixels",
-    "perceptual": "feature (content) distance on the chosen layers",
-    "style": "Gram-matrix (style) distance on the style layers",
-    "ssim": "1 - SSIM on pixels",
-    "tv": "total variation of the output (smoothness)",
-}
-#: Layers whose Gram matrices carry the style (Johnson et al. 2016).
-DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-#: File name of the checkpoint inside the output folder.
-CHECKPOINT_NAME = "checkpoint.pt"
-_CHECKPOINT_FORMAT = "perceptual-loss/train-checkpoint-v1"
-
-
-def parse_loss_spec(spec: str) -> dict[str, float]:
-    """Parse a loss mix such as ``"mse=1,perceptual=0.1,style=1e5,tv=1e-6"``.
-
-    Args:
-        spec: Comma-separated ``term=weight`` pairs; terms are the keys of
-            :data:`LOSS_TERMS`. A bare term means weight 1 (``"perceptual"``).
-
-    Returns:
-        ``{term: weight}`` with every weight finite and ``>= 0`` and at least one ``> 0``.
-
-    Raises:
-        ValueError: For an unknown term, a repeated term, a weight that is not a
-            non-negative number, or no positive weight at all.
-
-    Example:
-        >>> parse_loss_spec("mse=1, perceptual=0.1")
-        {'mse': 1.0, 'perceptual': 0.1}
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(
-            f"a loss spec is 'term=weight,...' with terms {', '.join(LOSS_TERMS)}; "
-            f"got {spec!r}"
-        )
-    weights: dict[str, float] = {}
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, has_weight, value = item.partition("=")
-        name = name.strip().lower()
-        if name not in LOSS_TERMS:
-            raise ValueError(
-                f"unknown loss term {name!r} in {spec!r}; expected some of "
-                f"{', '.join(LOSS_TERMS)} (e.g. 'mse=1,perceptual=0.1')"
-            )
-        if name in weights:
-            raise ValueError(f"loss term {name!r} appears twice in {spec!r}")
-        try:
-            weight = float(value) if has_weight else 1.0
-        except ValueError:
-            raise ValueError(
-                f"weight of {name!r} in {spec!r} is not a number: {value.strip()!r}"
-            ) from None
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
-        weights[name] = weight
-    if not any(weight > 0 for weight in weights.values()):
-        raise ValueError(f"loss spec {spec!r} has no term with a positive weight")
-    return weights
-
-
-@dataclass
-class LossConfig:
-    """What the training loss is made of.
-
-    Attributes:
-        terms: ``{term: weight}`` as returned by :func:`parse_loss_spec`.
-        layers: Content layers of the ``perceptual`` term; ``None``: the library default
-            (relu1_2, relu2_2, relu3_3, relu4_3).
-        style_layers: Layers of the ``style`` term; ``None``: :data:`DEFAULT_STYLE_LAYERS`.
-        backbone: Backbone name (``"vgg16"``, ``"vgg19"``, ...).
-        weights: Backbone weights as ``PerceptualLoss`` takes them (``"imagenet"``,
-            ``None`` for random, a path, a registry key).
-    """
-
-    terms: dict[str, float]
-    layers: tuple[str, ...] | None = None
-    style_layers: tuple[str, ...] | None = None
-    backbone: str = "vgg16"
-    weights: str | Path | None = "imagenet"
-
-    @property
-    def needs_backbone(self) -> bool:
-        """Whether a term needs CNN features (``perceptual`` or ``style`` > 0)."""
-        return self.terms.get("perceptual", 0.0) > 0 or self.terms.get("style", 0.0) > 0
-
-    def describe(self) -> str:
-        """Human-readable summary, e.g. ``mse=1, perceptual=0.1 (vgg16, random weights)``."""
-        mix = ", ".join(f"{name}={weight:g}" for name, weight in self.terms.items())
-        if not self.needs_backbone:
-            return mix
-        weights = "random weights" if self.weights is None else f"weights {self.weights}"
-        return f"{mix} ({self.backbone}, {weights})"
-
-
-def default_layers_for(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS) -> tuple[str, ...]:
-    """``preferred`` layers if the backbone has them all, else the last ReLU of blocks 1-4.
-
-    VGG-16/19 have relu1_2, relu2_2, relu3_3, relu4_3; VGG-11 and VGG-13 have fewer
-    convolutions per block, so they get their own last ReLU of each block instead.
-
-    Args:
-        backbone: Backbone name.
-        preferred: Layers to use when they all exist.
-
-    Returns:
-        Canonical layer names of ``backbone``.
-
-    Example:
-        >>> default_layers_for("vgg11")
-        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
-    """
-    from perceptual_loss import get_backbone
-
-    names = get_backbone(backbone).layer_names
-    if all(name in names for name in preferred):
-        return tuple(preferred)
-    last_relu: dict[str, str] = {}
-    for name in names:
-        if name.startswith("relu"):
-            last_relu[name[4:].split("_")[0]] = name
-    return tuple(last_relu[block] for block in ("1", "2", "3", "4") if block in last_relu)
-
-
-def build_loss(config: LossConfig) -> PerceptualLoss:
-    """Build the :class:`PerceptualLoss` that computes a :class:`LossConfig`'s mix.
-
-    Args:
-        config: Terms, layers, backbone and weights.
-
-    Returns:
-        A loss module; call it as ``loss_fn(prediction, target, return_parts=True)``.
-        With no ``perceptual``/``style`` term no backbone is built at all.
-
-    Raises:
-        ValueError: For unknown layers, backbones or weights (from the library).
-        perceptual_loss.weights.WeightsNotFoundError: If ImageNet weights are asked for
-            but cannot be found or downloaded.
-    """
-    terms = config.terms
-    content = terms.get("perceptual", 0.0)
-    style = terms.get("style", 0.0)
-    kwargs: dict[str, Any] = {
-        "backbone": config.backbone,
-        "weights": config.weights,
-        "pixel_mse": terms.get("mse", 0.0),
-        "pixel_l1": terms.get("l1", 0.0),
-        "ssim_weight": terms.get("ssim", 0.0),
-        "tv_weight": terms.get("tv", 0.0),
-    }
-    if content > 0:
-        kwargs["layers"] = (
-            tuple(config.layers) if config.layers else default_layers_for(config.backbone)
-        )
-        kwargs["feature_weight"] = content
-    else:
-        kwargs["layers"] = ()
-    if style > 0:
-        kwargs["style_layers"] = tuple(
-            config.style_layers or default_layers_for(config.backbone, DEFAULT_STYLE_LAYERS)
-        )
-        kwargs["style_weight"] = style
-    return PerceptualLoss(**kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for images in ``[0, 1]``, one value per sample.
-
-    Args:
-        prediction: ``(N, C, H, W)`` in ``[0, 1]``.
-        target: Same shape.
-
-    Returns:
-        ``(N,)`` PSNR in dB; ``inf`` where the images are equal.
-
-    Example:
-        >>> round(float(psnr(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.1))), 2)
-        20.0
-    """
-    if prediction.shape != target.shape:
-        raise ValueError(
-            f"psnr needs equal shapes, got {tuple(prediction.shape)} and {tuple(target.shape)}"
-        )
-    mse = (prediction.double() - target.double()).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / mse)).float()
-
-
-def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Structural similarity (Gaussian window 11, sigma 1.5) for images in ``[0, 1]``.
-
-    Uses ``pytorch_msssim`` (the ``ssim``/``cli`` extra).
-
-    Args:
-        prediction: ``(N, C, H, W)`` in ``[0, 1]`` with ``H, W >= 11``.
-        target: Same shape.
-
-    Returns:
-        ``(N,)`` SSIM in ``[-1, 1]`` (1 for identical images).
-
-    Raises:
-        ImportError: If ``pytorch_msssim`` is missing.
-        ValueError: For images smaller than the 11x11 window.
-    """
-    try:
-        from pytorch_msssim import ssim as _ssim
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "SSIM needs pytorch-msssim: pip install 'perceptual-loss[ssim]'"
-        ) from error
-    if min(prediction.shape[-2:]) < 11:
-        raise ValueError(
-            f"SSIM needs images of at least 11x11 pixels, got {tuple(prediction.shape[-2:])}"
-        )
-    return _ssim(prediction.float(), target.float(), data_range=1.0, size_average=False)
-
-
-# --------------------------------------------------------------------------------------------
-# distributed
-# --------------------------------------------------------------------------------------------
-@dataclass
-class DistributedContext:
-    """Where this process stands in a (possibly single-process) run.
-
-    Attributes:
-        rank: Global rank (0 when not distributed).
-        world_size: Number of processes.
-        device: Device this process computes on.
-        created_group: Whether :func:`setup_distributed` created the process group (and
-            :meth:`close` should destroy it).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    created_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is the process that writes files and prints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """Whether more than one process trains."""
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        """Wait for every process (no-op when not distributed)."""
-        if self.distributed:
-            dist.barrier()
-
-    def close(self) -> None:
-        """Destroy the process group if this context created it."""
-        if self.created_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.created_group = False
-
-
-def setup_distributed(device: torch.device) -> DistributedContext:
-    """Join the process group that ``torchrun`` describes, or run as a single process.
-
-    ``torchrun --nproc_per_node N ...`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
-    ``MASTER_ADDR`` and ``MASTER_PORT``; with ``WORLD_SIZE > 1`` this joins the group with
-    the gloo backend on CPU or NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``).
-
-    Args:
-        device: The device asked for (``--device``); CUDA becomes ``cuda:LOCAL_RANK``.
-
-    Returns:
-        The process's :class:`DistributedContext`.
-
-    Raises:
-        ValueError: If the environment names more processes than GPUs on this node.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistributedContext(device=device)
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                "start at most one process per GPU (torchrun --nproc_per_node)"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-        created = True
-    if dist.get_rank() != rank:
-        raise ValueError(
-            f"RANK={rank} in the environment but the process group says {dist.get_rank()}"
-        )
-    return DistributedContext(
-        rank=rank, world_size=dist.get_world_size(), device=device, created_group=created
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# configuration and results
-# --------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
     """How long and how to train, and where the outputs go.
@@ -448,231 +161,6 @@ class TrainResult:
         return self.out_dir / CHECKPOINT_NAME
 
 
-Evaluator = Callable[[nn.Module, Sequence[tuple[torch.Tensor, torch.Tensor]], torch.device],
-                     list[dict[str, float]]]
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a training checkpoint written by :func:`fit`.
-
-    Args:
-        path: ``checkpoint.pt`` file (or the output folder that holds it).
-        map_location: Where to put the tensors.
-
-    Returns:
-        The checkpoint dict: ``task``, ``model_config``, ``model`` (state dict),
-        ``optimizer``, ``step``, ``history``, ``loss``, ``data``.
-
-    Raises:
-        FileNotFoundError: If there is no such file.
-        ValueError: If the file is not a checkpoint of this package.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable training checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a checkpoint written by 'perceptual train' "
-            f"(expected format {_CHECKPOINT_FORMAT!r})"
-        )
-    return checkpoint
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-# --------------------------------------------------------------------------------------------
-# outputs: samples, curve, report
-# --------------------------------------------------------------------------------------------
-def _display_size(image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Resize a low-resolution input (SR) to the target's size for side-by-side display."""
-    if image.shape[-2:] == like.shape[-2:]:
-        return image
-    return F.interpolate(image.unsqueeze(0), size=like.shape[-2:], mode="nearest").squeeze(0)
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        return model(image.unsqueeze(0).to(device)).squeeze(0).float().cpu()
-    finally:
-        model.train(was_training)
-
-
-def _write_samples(
-    model: nn.Module,
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    path: Path,
-    device: torch.device,
-) -> None:
-    from perceptual_loss.apps.io import save_grid
-
-    rows = []
-    for degraded, target in pairs:
-        output = _predict(model, degraded, device)
-        rows.append([_display_size(degraded, target), output, target])
-    save_grid(rows, path, labels=["input", "output", "target"])
-
-
-def plot_loss_curve(history: Sequence[dict[str, float]], path: Path, title: str) -> None:
-    """Plot every recorded term against the step to a PNG (log scale when all positive).
-
-    Args:
-        history: One dict per step with a ``"step"`` key and one key per term.
-        path: Output PNG.
-        title: Title of the plot.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    steps = [entry["step"] for entry in history]
-    keys = [key for key in history[-1] if key != "step"]
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    try:
-        for key in keys:
-            values = [entry.get(key, float("nan")) for entry in history]
-            axis.plot(steps, values, label=key, linewidth=2.0 if key == "loss" else 1.0)
-        positive = all(
-            entry.get(key, 1.0) > 0 for entry in history for key in keys
-        )
-        if positive:
-            axis.set_yscale("log")
-        axis.set_xlabel("step")
-        axis.set_ylabel("weighted loss")
-        axis.set_title(title)
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path)
-    finally:
-        plt.close(figure)
-
-
-def _format_number(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.4g}"
-
-
-def _write_report(
-    out_dir: Path,
-    title: str,
-    summary: dict[str, Any],
-    metrics: dict[str, Any],
-    notes: Sequence[str],
-) -> None:
-    (out_dir / "report.json").write_text(
-        json.dumps({"summary": summary, "metrics": metrics}, indent=2, default=str) + "\n"
-    )
-    lines = [f"# {title}", ""]
-    lines += [f"> {' '.join(str(note).split())}" for note in notes]
-    if notes:
-        lines.append("")
-    lines += ["## Run", ""]
-    lines += [f"- **{key}**: {value}" for key, value in summary.items()]
-    lines += ["", "## Held-out images", ""]
-    images = metrics.get("images", [])
-    if images:
-        columns = [key for key in images[0] if key != "image"]
-        lines.append("| image | " + " | ".join(columns) + " |")
-        lines.append("| --- |" + " --- |" * len(columns))
-        for row in images:
-            cells = " | ".join(_format_number(row[key]) for key in columns)
-            lines.append(f"| {row['image']} | {cells} |")
-        mean = metrics.get("mean", {})
-        cells = " | ".join(_format_number(mean.get(key)) for key in columns)
-        lines.append(f"| **mean** | {cells} |")
-        lines += ["", metrics.get("legend", ""), ""]
-    else:
-        lines += ["No held-out images.", ""]
-    lines += [
-        "![loss curve](loss_curve.png)",
-        "",
-        "![held-out: input / output / target](eval/grid.png)",
-        "",
-    ]
-    (out_dir / "report.md").write_text("\n".join(lines))
-
-
-def evaluate_restoration(
-    distance: nn.Module | None,
-) -> Evaluator:
-    """Make the evaluator of denoising/SR runs: PSNR, SSIM and perceptual distance.
-
-    Each held-out image is scored twice: the network's output and the degraded input
-    (brought to the target size with bicubic interpolation for SR), so the report shows
-    what training gained.
-
-    Args:
-        distance: A module ``distance(prediction, target) -> scalar`` (a
-            :class:`PerceptualLoss`); ``None`` skips the perceptual column.
-
-    Returns:
-        ``evaluate(model, pairs, device) -> list of per-image dicts``.
-    """
-
-    @torch.no_grad()
-    def evaluate(
-        model: nn.Module,
-        pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        device: torch.device,
-    ) -> list[dict[str, float]]:
-        rows = []
-        for degraded, target in pairs:
-            output = _predict(model, degraded, device).unsqueeze(0)
-            reference = target.unsqueeze(0)
-            baseline = degraded.unsqueeze(0)
-            if baseline.shape[-2:] != reference.shape[-2:]:
-                baseline = F.interpolate(
-                    baseline, size=reference.shape[-2:], mode="bicubic", align_corners=False
-                ).clamp(0, 1)
-            row: dict[str, float] = {}
-            for label, image in (("input", baseline), ("output", output)):
-                row[f"psnr_{label}"] = float(psnr(image, reference)[0])
-                try:
-                    row[f"ssim_{label}"] = float(ssim(image, reference)[0])
-                except ValueError:
-                    row[f"ssim_{label}"] = float("nan")
-                if distance is not None:
-                    value = distance(image.to(device), reference.to(device))
-                    row[f"perceptual_{label}"] = float(value)
-            rows.append(row)
-        return rows
-
-    return evaluate
-
-
-RESTORATION_LEGEND = (
-    "`*_input`: the degraded input (bicubic-upscaled for SR) against the clean target; "
-    "`*_output`: the network's output. PSNR in dB (higher is better), SSIM in [0, 1] "
-    "(higher is better), perceptual = L1 feature distance of the loss network on "
-    "relu1_2, relu2_2, relu3_3, relu4_3 (last ReLU of blocks 1-4 on VGG-11/13; lower is "
-    "better)."
-)
-
-
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
@@ -705,6 +193,8 @@ def fit(
     device: torch.device | None = None,
     context: DistributedContext | None = None,
     echo: Callable[[str], None] | None = None,
+    columns: Sequence[str] = COLUMNS,
+    reference: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``model`` with ``loss_fn`` on ``dataset``; write checkpoint, samples, report.
 
@@ -728,6 +218,9 @@ def fit(
             ``cuda:LOCAL_RANK``.
         context: An existing :class:`DistributedContext`; default: from the environment.
         echo: Prints a line on rank 0 (default ``print``); ``None`` output otherwise.
+        columns: Labels of the three columns of the sample and held-out grids.
+        reference: A picture shown in every grid row's last column instead of the target
+            (the style picture of a style-transfer run).
 
     Returns:
         The :class:`TrainResult` (on every rank; ``metrics`` is empty on ranks > 0).
@@ -742,168 +235,194 @@ def fit(
         raise TypeError("the model needs a .config dict so checkpoints can rebuild it")
     owned_context = context is None
     context = context or setup_distributed(device or torch.device("cpu"))
-    device = context.device
-    echo = echo or print
-    say = echo if context.is_main else (lambda _text: None)
-    out_dir = Path(config.out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
     try:
+        run = _Run(model, loss_fn, dataset, eval_pairs, config, task, context,
+                   context.echo(echo), (tuple(columns), reference))
+        run.prepare()
+        elapsed = run.train()
+        run.save(run.step)
+        metrics: dict[str, Any] = {}
         if context.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint_path.exists() and not (config.resume or config.overwrite):
+            metrics = run.finish(elapsed, eval_names, evaluate, legend, notes)
+        context.barrier()
+        return TrainResult(run.step, run.history, metrics, run.out_dir, run.start_step)
+    finally:
+        if owned_context:
+            context.close()
+
+
+class _Run:
+    """One training run: its state (model, optimiser, step, history) and its phases."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, dataset: Dataset,
+                 eval_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], config: TrainConfig,
+                 task: dict[str, Any], context: DistributedContext,
+                 say: Callable[[str], None],
+                 grid: tuple[tuple[str, ...], torch.Tensor | None]) -> None:
+        self.context, self.config, self.task, self.say = context, config, task, say
+        self.columns, self.reference = grid
+        self.device = context.device
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn.to(self.device)
+        self.dataset, self.eval_pairs = dataset, eval_pairs
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        self.step = self.start_step = 0
+        self.history: list[dict[str, float]] = []
+
+    def prepare(self) -> None:
+        """Check the output folder, resume from its checkpoint if asked."""
+        config, path = self.config, self.checkpoint_path
+        if self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not (config.resume or config.overwrite):
             raise ValueError(
-                f"{checkpoint_path} already exists; pass resume to continue that run or "
+                f"{path} already exists; pass resume to continue that run or "
                 "overwrite to start again (or choose another output folder)"
             )
-        if config.resume and not checkpoint_path.exists():
-            raise ValueError(
-                f"cannot resume: no checkpoint at {checkpoint_path}; run without resume first"
-            )
-        model = model.to(device)
-        loss_fn = loss_fn.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-        start_step = 0
-        history: list[dict[str, float]] = []
+        if config.resume and not path.exists():
+            raise ValueError(f"cannot resume: no checkpoint at {path}; run without resume first")
         if config.resume:
-            checkpoint = load_checkpoint(checkpoint_path, map_location=device)
-            if checkpoint["model_config"] != model.config:
+            checkpoint = load_checkpoint(path, map_location=self.device)
+            if checkpoint["model_config"] != self.model.config:
                 raise ValueError(
-                    f"the checkpoint in {out_dir} was trained with model "
-                    f"{checkpoint['model_config']}, this run builds {model.config}; "
+                    f"the checkpoint in {self.out_dir} was trained with model "
+                    f"{checkpoint['model_config']}, this run builds {self.model.config}; "
                     "resume with the same options or choose another output folder"
                 )
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            start_step = int(checkpoint["step"])
-            history = list(checkpoint["history"])
-            say(f"resuming from step {start_step} ({checkpoint_path})")
-        context.barrier()
+            try:
+                self.model.load_state_dict(checkpoint["model"])
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise ValueError(f"checkpoint {path} does not fit this model or optimiser: "
+                                 f"{error}") from error
+            self.step = self.start_step = int(checkpoint["step"])
+            self.history = list(checkpoint["history"])
+            self.say(f"resuming from step {self.start_step} ({path})")
+        self.context.barrier()
 
-        train_model: nn.Module = model
+    def _loader(self) -> tuple[DataLoader, DistributedSampler]:
+        config, context = self.config, self.context
+        if len(self.dataset) < config.batch_size * context.world_size:
+            raise ValueError(
+                f"an epoch of {len(self.dataset)} crops is shorter than one batch on every "
+                f"process ({config.batch_size} x {context.world_size}); raise crops_per_epoch"
+            )
+        sampler = DistributedSampler(self.dataset, num_replicas=context.world_size,
+                                     rank=context.rank, shuffle=True, seed=config.seed,
+                                     drop_last=True)
+        loader = DataLoader(self.dataset, batch_size=config.batch_size, sampler=sampler,
+                            drop_last=True, num_workers=config.num_workers,
+                            worker_init_fn=worker_init if config.num_workers else None,
+                            pin_memory=self.device.type == "cuda")
+        return loader, sampler
+
+    def _sample_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = [(_center(degraded, 128, target), _center(target, 128, target))
+                 for degraded, target in list(self.eval_pairs)[:4]]
+        return pairs or [_first_pair(self.dataset)]
+
+    def save(self, step_done: int) -> None:
+        """Write the checkpoint and the loss curve (rank 0)."""
+        if not self.context.is_main:
+            return
+        save_checkpoint(self.checkpoint_path, {
+            "task": self.task, "model_config": self.model.config,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "step": step_done, "history": self.history,
+            "train": _json_ready(asdict(self.config)),
+        })
+        plot_loss_curve(self.history, self.out_dir / "loss_curve.png",
+                        f"{self.task.get('name')} loss")
+
+    def train(self) -> float:
+        """Run the steps up to ``config.steps``; returns the seconds it took."""
+        config, context = self.config, self.context
+        train_model: nn.Module = self.model
         if context.distributed:
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        if len(dataset) < config.batch_size * context.world_size:
-            raise ValueError(
-                f"an epoch of {len(dataset)} crops is shorter than one batch on every process "
-                f"({config.batch_size} x {context.world_size}); raise crops_per_epoch"
-            )
-        sampler = DistributedSampler(
-            dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
-            seed=config.seed, drop_last=True,
-        )
-        loader = DataLoader(
-            dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
-            num_workers=config.num_workers, pin_memory=device.type == "cuda",
-        )
-        batches_per_epoch = len(loader)
-        samples_dir = out_dir / "samples"
-        sample_pairs = [
-            (_center(degraded, 128, target), _center(target, 128, target))
-            for degraded, target in list(eval_pairs)[:4]
-        ]
-        if not sample_pairs:
-            sample_pairs = [_first_pair(dataset)]
-
-        def save(step_done: int) -> None:
-            if not context.is_main:
-                return
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "format": _CHECKPOINT_FORMAT,
-                    "task": task,
-                    "model_config": model.config,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step_done,
-                    "history": history,
-                    "train": _json_ready(asdict(config)),
-                },
-            )
-            plot_loss_curve(history, out_dir / "loss_curve.png", f"{task.get('name')} loss")
-
-        progress = _progress_bar(
-            total=config.steps, initial=min(start_step, config.steps),
-            enabled=config.progress and context.is_main, description=str(task.get("name")),
-        )
-        step = start_step
-        epoch, skip = divmod(step, batches_per_epoch)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        loader, sampler = self._loader()
+        samples = self._sample_pairs()
+        epoch, skip = divmod(self.step, len(loader))
+        bar = progress_bar(config.steps, enabled=config.progress and context.is_main,
+                           description=str(self.task.get("name")), unit="step",
+                           initial=min(self.step, config.steps))
         started = time.perf_counter()
         train_model.train()
         try:
-            while step < config.steps:
+            while self.step < config.steps:
                 sampler.set_epoch(epoch)
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(epoch)
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(epoch)
                 for index, (inputs, targets) in enumerate(loader):
                     if index < skip:
                         continue
-                    inputs = inputs.to(device, non_blocking=True)
-                    targets = targets.to(device, non_blocking=True)
-                    outputs = train_model(inputs)
-                    loss, parts = loss_fn(outputs, targets, return_parts=True)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    optimizer.step()
-                    step += 1
-                    record = _record(step, loss, _group_parts(parts), context)
-                    history.append(record)
-                    if not math.isfinite(record["loss"]):
-                        raise ValueError(
-                            f"the loss became {record['loss']} at step {step}; lower the "
-                            "learning rate or the weights of the loss terms"
-                        )
-                    progress.update(1)
-                    progress.set_postfix(
-                        {key: f"{value:.3g}" for key, value in record.items() if key != "step"},
-                        refresh=False,
-                    )
-                    if config.sample_every and step % config.sample_every == 0 and (
-                        context.is_main
-                    ):
-                        _write_samples(
-                            model, sample_pairs, samples_dir / f"step_{step:06d}.png", device
-                        )
-                    if config.checkpoint_every and step % config.checkpoint_every == 0:
-                        save(step)
-                    if step >= config.steps:
+                    self._one_step(train_model, inputs, targets)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in self.history[-1].items()
+                                     if k != "step"}, refresh=False)
+                    self._periodic(samples)
+                    if self.step >= config.steps:
                         break
                 skip = 0
                 epoch += 1
         finally:
-            progress.close()
-        elapsed = time.perf_counter() - started
-        save(step)
-        metrics: dict[str, Any] = {}
-        if context.is_main:
-            _write_samples(model, sample_pairs, samples_dir / f"step_{step:06d}.png", device)
-            metrics = _final_evaluation(
-                model, eval_pairs, eval_names, evaluate, device, out_dir, legend
-            )
-            summary = {
-                "task": task.get("name"),
-                "steps": step,
-                "resumed from step": start_step,
-                "processes": context.world_size,
-                "device": str(device),
-                "batch size per process": config.batch_size,
-                "learning rate": config.learning_rate,
-                "training time this run (s)": round(elapsed, 1),
-                "final loss": _format_number(history[-1]["loss"]) if history else "n/a",
-                **{key: value for key, value in task.items() if key != "name"},
-            }
-            _write_report(out_dir, f"perceptual train {task.get('name')}", summary, metrics,
-                          notes)
-            say(f"report: {out_dir / 'report.md'}")
-        context.barrier()
-        return TrainResult(step, history, metrics, out_dir, start_step)
-    finally:
-        if owned_context:
-            context.close()
+            bar.close()
+        return time.perf_counter() - started
+
+    def _one_step(self, train_model: nn.Module, inputs: torch.Tensor,
+                  targets: torch.Tensor) -> None:
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        loss, parts = self.loss_fn(train_model(inputs), targets, return_parts=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        record = _record(self.step, loss, _group_parts(parts), self.context)
+        self.history.append(record)
+        if not math.isfinite(record["loss"]):
+            raise ValueError(f"the loss became {record['loss']} at step {self.step}; lower the "
+                             "learning rate or the weights of the loss terms")
+
+    def _periodic(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        config, step = self.config, self.step
+        if config.sample_every and step % config.sample_every == 0 and self.context.is_main:
+            write_samples(self.model, samples, self.out_dir / "samples" / f"step_{step:06d}.png",
+                          self.device, self.columns, self.reference)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            self.save(step)
+
+    def finish(self, elapsed: float, eval_names: Sequence[str] | None,
+               evaluate: Evaluator | None, legend: str, notes: Sequence[str]
+               ) -> dict[str, Any]:
+        """Final samples, held-out evaluation and report (rank 0); returns the metrics."""
+        write_samples(self.model, self._sample_pairs(),
+                      self.out_dir / "samples" / f"step_{self.step:06d}.png", self.device,
+                      self.columns, self.reference)
+        metrics = final_evaluation(self.model, self.eval_pairs, eval_names, evaluate,
+                                   self.device, self.out_dir, legend, self.columns,
+                                   self.reference)
+        summary = {
+            "task": self.task.get("name"),
+            "steps": self.step,
+            "resumed from step": self.start_step,
+            "processes": self.context.world_size,
+            "device": str(self.device),
+            "batch size per process": self.config.batch_size,
+            "learning rate": self.config.learning_rate,
+            "training time this run (s)": round(elapsed, 1),
+            "final loss": format_number(self.history[-1]["loss"]) if self.history else "n/a",
+            **{key: value for key, value in self.task.items() if key != "name"},
+        }
+        write_report(self.out_dir, f"perceptual train {self.task.get('name')}", summary,
+                     metrics, notes)
+        self.say(f"report: {self.out_dir / 'report.md'}")
+        return metrics
 
 
 def _center(image: torch.Tensor, size: int, target: torch.Tensor) -> torch.Tensor:
@@ -937,60 +456,6 @@ def _record(
     return record
 
 
-def _final_evaluation(
-    model: nn.Module,
-    eval_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    eval_names: Sequence[str] | None,
-    evaluate: Evaluator | None,
-    device: torch.device,
-    out_dir: Path,
-    legend: str,
-) -> dict[str, Any]:
-    from perceptual_loss.apps.io import save_grid, save_image
-
-    if not eval_pairs:
-        return {"images": [], "mean": {}, "legend": legend}
-    names = list(eval_names or [f"image_{i}" for i in range(len(eval_pairs))])
-    evaluate = evaluate or evaluate_restoration(None)
-    rows = evaluate(model, eval_pairs, device)
-    eval_dir = out_dir / "eval"
-    grid_rows = []
-    for name, (degraded, target) in zip(names, eval_pairs, strict=True):
-        output = _predict(model, degraded, device)
-        stem = Path(name).stem
-        save_image(degraded, eval_dir / f"{stem}_input.png", clamp=True)
-        save_image(output, eval_dir / f"{stem}_output.png", clamp=True)
-        save_image(target, eval_dir / f"{stem}_target.png", clamp=True)
-        grid_rows.append([_display_size(degraded, target), output, target])
-    save_grid(grid_rows, eval_dir / "grid.png", labels=["input", "output", "target"],
-              row_labels=[Path(name).stem for name in names])
-    images = [{"image": name, **row} for name, row in zip(names, rows, strict=True)]
-    keys = [key for key in rows[0]] if rows else []
-    mean = {
-        key: float(sum(row[key] for row in rows) / len(rows)) for key in keys
-    }
-    return {"images": images, "mean": mean, "legend": legend}
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, description: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True)
-
-
-class _NoProgress:
-    def update(self, count: int) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _json_ready(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _json_ready(item) for key, item in value.items()}
@@ -1004,33 +469,6 @@ def _json_ready(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # tasks
 # --------------------------------------------------------------------------------------------
-def perceptual_distance_module(
-    backbone: str, weights: str | Path | None
-) -> tuple[nn.Module | None, str | None]:
-    """The perceptual distance used in reports: L1 on :func:`default_layers_for` layers.
-
-    relu1_2, relu2_2, relu3_3, relu4_3 (the library defaults) on VGG-16/19.
-
-    Args:
-        backbone: Backbone name.
-        weights: Backbone weights (as for :class:`PerceptualLoss`).
-
-    Returns:
-        ``(module, None)``, or ``(None, reason)`` when the weights cannot be had (the report
-        then says why the column is missing instead of failing the run).
-    """
-    from perceptual_loss import WeightsNotFoundError
-
-    try:
-        # Random weights (weights=None) are drawn from a fixed seed, so reports of
-        # different runs measure with the same network.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
-    except WeightsNotFoundError as error:
-        return None, f"perceptual distance not computed: {error}"
-
-
 def _crops_per_epoch(config: TrainConfig, images: Sequence[torch.Tensor]) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     wanted = config.crops_per_epoch or 64 * len(images)
@@ -1075,8 +513,6 @@ def train_restoration(
     Returns:
         The :class:`TrainResult`.
     """
-    from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
-
     dataset = RestorationDataset(
         train_images, crop_size, degradation, _crops_per_epoch(config, train_images),
         seed=config.seed,

@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-RANDOM_WEIGHT_WORDS: frozenset[str] = frozenset({"random", "none"})
-CHECKPOINT_SUFFIXES: frozenset[str] = frozenset(
-    {".pth", ".pt", ".ckpt", ".bin", ".h5", ".hdf5", ".keras", ".tar"}
-)
 DEBUG_ENV_VAR = "PERCEPTUAL_DEBUG"
 
 # Exceptions that mean "the user asked for something that cannot be done", as opposed to a bug.
@@ -114,90 +110,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(text)
 
 
-def _registry_keys() -> tuple[str, ...] | None:
-    """Registry keys of the weight registry, or None when it cannot be read."""
-    try:
-        from perceptual_loss import weights as weights_module
-    except ImportError:
-        return None
-    for attr in ("list_weight_specs", "list_weights", "registry_keys"):
-        lister = getattr(weights_module, attr, None)
-        if callable(lister):
-            try:
-                listed = lister()
-            except Exception:  # a broken registry must not hide the user's own error
-                return None
-            keys = [
-                item if isinstance(item, str) else getattr(item, "key", None) for item in listed
-            ]
-            return tuple(sorted(k for k in keys if isinstance(k, str)))
-    registry = getattr(weights_module, "WEIGHT_REGISTRY", None) or getattr(
-        weights_module, "REGISTRY", None
-    )
-    if isinstance(registry, dict):
-        return tuple(sorted(str(k) for k in registry))
-    return None
-
-
 def parse_weights(value: str | Path | None) -> str | Path | None:
     """Turn a ``--weights`` value into what the library's ``weights=`` argument accepts.
 
-    Args:
-        value: ``"imagenet"`` (the official ImageNet file of the chosen backbone),
-            ``"random"`` or ``"none"`` (random initialisation, explicit), the path of a
-            checkpoint file (``.pth``/``.pt`` state dict or Keras ``.h5``), or a registry key
-            such as ``"vgg16/keras-imagenet"`` or ``"keras-imagenet"``. Already-parsed values
-            (``None``, a ``Path``) are returned unchanged.
-
-    Returns:
-        ``"imagenet"``, ``None``, a ``Path`` to an existing file, or a registry key.
-
-    Raises:
-        FileNotFoundError: When ``value`` looks like a file path but no such file exists.
-        ValueError: When ``value`` is empty or neither a keyword, a file nor a registry key.
+    The library's own resolver (:func:`perceptual_loss.weights.parse_weights`): ``imagenet``,
+    ``random``/``none``, an existing file, or a registry key.
     """
-    if value is None:
-        return None
-    if isinstance(value, Path):
-        if not value.is_file():
-            raise FileNotFoundError(f"weights file not found: {value}")
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"weights must be a string or a path, got {type(value).__name__}")
-    text = value.strip()
-    if not text:
-        raise ValueError("--weights is empty: expected imagenet, random, a file path or a key")
-    lowered = text.lower()
-    if lowered == "imagenet":
-        return "imagenet"
-    if lowered in RANDOM_WEIGHT_WORDS:
-        return None
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise IsADirectoryError(f"--weights {text!r} is a folder; expected a checkpoint file")
-    keys = _registry_keys()
-    if keys is not None:
-        known = set(keys) | {key.split("/", 1)[1] for key in keys if "/" in key}
-        if text in known:
-            return text
-    looks_like_path = (
-        path.suffix.lower() in CHECKPOINT_SUFFIXES
-        or text.startswith((".", "~", os.sep))
-        or (os.altsep is not None and os.altsep in text)
-        or (keys is not None and "/" in text and text.count("/") > 1)
-    )
-    if looks_like_path:
-        raise FileNotFoundError(f"weights file not found: {text}")
-    if keys is None:
-        # The registry is unavailable; let the library judge the key when it loads it.
-        return text
-    listed = ", ".join(keys) if keys else "(registry is empty)"
-    raise ValueError(
-        f"unknown weights {text!r}: expected imagenet, random, the path of an existing "
-        f"checkpoint file, or a registry key ({listed})"
-    )
+    from perceptual_loss.weights import parse_weights as parse
+
+    return parse(value)
 
 
 def parse_name_list(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -361,10 +282,30 @@ def one_line(message: str) -> str:
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is a user error (reported as one line) rather than a bug."""
-    if isinstance(error, USER_ERRORS):
-        return True
-    # The weight registry's error for a file that is neither cached nor downloadable.
-    return type(error).__name__ in {"WeightsNotFoundError", "WeightsError"}
+    return isinstance(error, USER_ERRORS)
+
+
+def missing_weights_message(error: BaseException) -> str | None:
+    """The command-line wording of a missing weights file, or ``None`` for other errors.
+
+    The library's message speaks Python (``weights=None``); here the fixes are
+    ``perceptual weights fetch KEY``, the folder to copy the file into, and
+    ``--weights random``.
+    """
+    key = getattr(error, "key", None)
+    if type(error).__name__ != "WeightsNotFoundError" or key is None:
+        return None
+    folders = getattr(error, "folders", ())
+    folder = f" or copy it into {folders[0]}" if folders else ""
+    reason = ""
+    if "Downloads are off" in str(error):
+        reason = " (downloads are off: PERCEPTUAL_LOSS_OFFLINE is set)"
+    elif "Download failed" in str(error):
+        reason = " (the download failed: no internet?)"
+    return (f"Error: weights file {error.weights_file} for {key} is not here{reason}. Fetch it "
+            f"with `perceptual weights fetch {key}` (from {error.url}){folder}, or point "
+            "PERCEPTUAL_LOSS_WEIGHTS_DIR at a folder that holds it; for untrained weights use "
+            "--weights random.")
 
 
 def format_user_error(error: BaseException) -> str:
@@ -384,6 +325,9 @@ def format_user_error(error: BaseException) -> str:
             f"Error: this command needs the Python package {missing!r}, which is not installed; "
             "install the command-line extra: pip install 'perceptual-loss[cli]'"
         )
+    weights_message = missing_weights_message(error)
+    if weights_message is not None:
+        return weights_message
     text = str(error)
     if "Original Traceback (most recent call last):" in text:
         # re-raised from a DataLoader worker: the cause is the traceback's last line

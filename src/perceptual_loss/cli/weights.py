@@ -32,19 +32,12 @@ _ENVIRONMENT = (
 
 def _resolve_name(name: str) -> WeightSpec:
     """A registry key (``vgg16/imagenet``) or a backbone name (``vgg16`` -> its ImageNet file)."""
-    from perceptual_loss.backbones import get_backbone, list_backbones
-    from perceptual_loss.weights import get_weight_spec, list_weights
+    from perceptual_loss.weights import find_weight_spec
 
-    if name in list_weights():
-        return get_weight_spec(name)
-    if name in list_backbones():
-        named = get_backbone(name).weights
-        if "imagenet" in named:
-            return get_weight_spec(named["imagenet"])
-    raise click.BadParameter(
-        f"unknown weights {name!r}; use a key ({', '.join(list_weights())}) or a backbone name",
-        param_hint="NAME",
-    )
+    try:
+        return find_weight_spec(name)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="NAME") from None
 
 
 def _status(spec: WeightSpec) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""Writing comparison results: means over pairs, JSON and CSV files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from perceptual_loss.apps.compare import PairScore
+
+__all__ = ["summarize", "write_csv", "write_json"]
+
+
+def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:
+    """Mean of each value over the pairs.
+
+    PSNR is averaged over the pairs where it is finite (identical pairs have infinite PSNR);
+    it is ``inf`` when every pair is identical.
+
+    Args:
+        scores: Scores of the pairs.
+
+    Returns:
+        Value name -> mean.
+    """
+    if not scores:
+        return {}
+    summary: dict[str, float | None] = {}
+    for key in scores[0].values:
+        values = [score.values[key] for score in scores]
+        finite = [value for value in values if math.isfinite(value)]
+        if key == "psnr":
+            summary[key] = sum(finite) / len(finite) if finite else math.inf
+        else:
+            summary[key] = sum(values) / len(values)
+    return summary
+
+
+def _json_number(value: Any) -> Any:
+    """Infinite PSNR is written as the string "inf" (JSON has no infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return value
+
+
+def write_json(
+    path: str | Path,
+    scores: Sequence[PairScore],
+    config: dict[str, Any],
+    only_in_a: Sequence[str] = (),
+    only_in_b: Sequence[str] = (),
+) -> Path:
+    """Write scores, their means, the settings and unmatched names as JSON.
+
+    The document is ``{"config": ..., "summary": {value: mean}, "pairs": [row, ...],
+    "unmatched": {"only_in_a": [...], "only_in_b": [...]}}``; an infinite PSNR is ``"inf"``.
+
+    Returns:
+        The written path.
+    """
+    document = {
+        "config": config,
+        "summary": {key: _json_number(value) for key, value in summarize(scores).items()},
+        "pairs": [
+            {key: _json_number(value) for key, value in score.row().items()} for score in scores
+        ],
+        "unmatched": {"only_in_a": list(only_in_a), "only_in_b": list(only_in_b)},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path: str | Path, scores: Sequence[PairScore]) -> Path:
+    """Write one row per pair: name, a, b, height, width, then the values (``inf`` as text).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: When ``scores`` is empty.
+    """
+    if not scores:
+        raise ValueError("no scores to write")
+    rows = [score.row() for score in scores]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

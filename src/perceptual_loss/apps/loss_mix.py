@@ -1,0 +1,226 @@
+"""The loss mix of a training run: ``"mse=1,perceptual=0.1"`` parsed into a recipe.
+
+A spec names terms and weights (:data:`LOSS_TERMS`); :class:`LossConfig` adds the backbone,
+layers and weights, and :func:`loss_recipe` turns it into the library's
+:class:`~perceptual_loss.recipe.Recipe`, so training computes exactly what the library does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from perceptual_loss.backbones import get_backbone
+from perceptual_loss.losses import PerceptualLoss
+from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
+from perceptual_loss.weights import WeightsNotFoundError, is_random
+
+__all__ = [
+    "DEFAULT_STYLE_LAYERS",
+    "LOSS_TERMS",
+    "LossConfig",
+    "build_loss",
+    "default_layers_for",
+    "loss_recipe",
+    "parse_loss_spec",
+    "perceptual_distance_module",
+]
+
+#: Names accepted in a loss spec, and what each weighs.
+LOSS_TERMS: dict[str, str] = {
+    "mse": "mean squared error on pixels",
+    "l1": "mean absolute error on pixels",
+    "perceptual": "feature (content) distance on the chosen layers",
+    "style": "Gram-matrix (style) distance on the style layers",
+    "ssim": "1 - SSIM on pixels",
+    "tv": "total variation of the output (smoothness)",
+}
+#: Layers whose Gram matrices carry the style (Johnson et al. 2016).
+DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+def parse_loss_spec(spec: str) -> dict[str, float]:
+    """Parse a loss mix such as ``"mse=1,perceptual=0.1,style=1e5,tv=1e-6"``.
+
+    Args:
+        spec: Comma-separated ``term=weight`` pairs; terms are the keys of
+            :data:`LOSS_TERMS`. A bare term means weight 1 (``"perceptual"``).
+
+    Returns:
+        ``{term: weight}`` with every weight finite and ``>= 0`` and at least one ``> 0``.
+
+    Raises:
+        ValueError: For an unknown term, a repeated term, a weight that is not a
+            non-negative number, or no positive weight at all.
+
+    Example:
+        >>> parse_loss_spec("mse=1, perceptual=0.1")
+        {'mse': 1.0, 'perceptual': 0.1}
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(
+            f"a loss spec is 'term=weight,...' with terms {', '.join(LOSS_TERMS)}; "
+            f"got {spec!r}"
+        )
+    weights: dict[str, float] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, has_weight, value = item.partition("=")
+        name = name.strip().lower()
+        if name not in LOSS_TERMS:
+            raise ValueError(
+                f"unknown loss term {name!r} in {spec!r}; expected some of "
+                f"{', '.join(LOSS_TERMS)} (e.g. 'mse=1,perceptual=0.1')"
+            )
+        if name in weights:
+            raise ValueError(f"loss term {name!r} appears twice in {spec!r}")
+        try:
+            weight = float(value) if has_weight else 1.0
+        except ValueError:
+            raise ValueError(
+                f"weight of {name!r} in {spec!r} is not a number: {value.strip()!r}"
+            ) from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {weight}")
+        weights[name] = weight
+    if not any(weight > 0 for weight in weights.values()):
+        raise ValueError(f"loss spec {spec!r} has no term with a positive weight")
+    return weights
+
+
+@dataclass
+class LossConfig:
+    """What the training loss is made of.
+
+    Attributes:
+        terms: ``{term: weight}`` as returned by :func:`parse_loss_spec`.
+        layers: Content layers of the ``perceptual`` term; ``None``: the library default
+            (relu1_2, relu2_2, relu3_3, relu4_3).
+        style_layers: Layers of the ``style`` term; ``None``: :data:`DEFAULT_STYLE_LAYERS`.
+        backbone: Backbone name (``"vgg16"``, ``"vgg19"``, ...).
+        weights: Backbone weights as ``PerceptualLoss`` takes them (``"imagenet"``,
+            ``None`` for random, a path, a registry key).
+    """
+
+    terms: dict[str, float]
+    layers: tuple[str, ...] | None = None
+    style_layers: tuple[str, ...] | None = None
+    backbone: str = "vgg16"
+    weights: str | Path | None = "imagenet"
+
+    @property
+    def needs_backbone(self) -> bool:
+        """Whether a term needs CNN features (``perceptual`` or ``style`` > 0)."""
+        return self.terms.get("perceptual", 0.0) > 0 or self.terms.get("style", 0.0) > 0
+
+    def describe(self) -> str:
+        """Human-readable summary, e.g. ``mse=1, perceptual=0.1 (vgg16, random weights)``."""
+        mix = ", ".join(f"{name}={weight:g}" for name, weight in self.terms.items())
+        if not self.needs_backbone:
+            return mix
+        weights = "random weights" if is_random(self.weights) else f"weights {self.weights}"
+        return f"{mix} ({self.backbone}, {weights})"
+
+
+def default_layers_for(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS) -> tuple[str, ...]:
+    """``preferred`` layers if the backbone has them all, else the last ReLU of blocks 1-4.
+
+    VGG-16/19 have relu1_2, relu2_2, relu3_3, relu4_3; VGG-11 and VGG-13 have fewer
+    convolutions per block, so they get their own last ReLU of each block instead.
+
+    Args:
+        backbone: Backbone name.
+        preferred: Layers to use when they all exist.
+
+    Returns:
+        Canonical layer names of ``backbone``.
+
+    Example:
+        >>> default_layers_for("vgg11")
+        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
+    """
+    names = get_backbone(backbone).layer_names
+    if all(name in names for name in preferred):
+        return tuple(preferred)
+    last_relu: dict[str, str] = {}
+    for name in names:
+        if name.startswith("relu"):
+            last_relu[name[4:].split("_")[0]] = name
+    return tuple(last_relu[block] for block in ("1", "2", "3", "4") if block in last_relu)
+
+
+def loss_recipe(config: LossConfig) -> Recipe:
+    """The :class:`~perceptual_loss.recipe.Recipe` of a :class:`LossConfig`'s mix.
+
+    Raises:
+        ValueError: For unknown layers or backbones (from the library).
+    """
+    terms = config.terms
+    content = terms.get("perceptual", 0.0)
+    style = terms.get("style", 0.0)
+    return Recipe.create(
+        config.backbone,
+        layers=(tuple(config.layers) if config.layers else default_layers_for(config.backbone))
+        if content > 0 else (),
+        weights=None if is_random(config.weights) else os.fspath(config.weights),
+        feature_weight=content if content > 0 else 1.0,
+        style_layers=tuple(config.style_layers or default_layers_for(config.backbone,
+                                                                     DEFAULT_STYLE_LAYERS))
+        if style > 0 else (),
+        style_weight=style if style > 0 else 1.0,
+        pixel_mse=terms.get("mse", 0.0),
+        pixel_l1=terms.get("l1", 0.0),
+        ssim_weight=terms.get("ssim", 0.0),
+        tv_weight=terms.get("tv", 0.0),
+    )
+
+
+def build_loss(config: LossConfig) -> PerceptualLoss:
+    """Build the :class:`PerceptualLoss` that computes a :class:`LossConfig`'s mix.
+
+    Args:
+        config: Terms, layers, backbone and weights.
+
+    Returns:
+        A loss module; call it as ``loss_fn(prediction, target, return_parts=True)``.
+        With no ``perceptual``/``style`` term no backbone is built at all.
+
+    Raises:
+        ValueError: For unknown layers, backbones or weights (from the library).
+        perceptual_loss.weights.WeightsNotFoundError: If ImageNet weights are asked for
+            but cannot be found or downloaded.
+    """
+    return PerceptualLoss.from_recipe(loss_recipe(config))
+
+
+def perceptual_distance_module(
+    backbone: str, weights: str | Path | None
+) -> tuple[nn.Module | None, str | None]:
+    """The perceptual distance used in reports: L1 on :func:`default_layers_for` layers.
+
+    relu1_2, relu2_2, relu3_3, relu4_3 (the library defaults) on VGG-16/19.
+
+    Args:
+        backbone: Backbone name.
+        weights: Backbone weights (as for :class:`PerceptualLoss`).
+
+    Returns:
+        ``(module, None)``, or ``(None, reason)`` when the weights cannot be had (the report
+        then says why the column is missing instead of failing the run).
+    """
+    try:
+        # Random weights (weights=None) are drawn from a fixed seed, so reports of
+        # different runs measure with the same network.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
+    except WeightsNotFoundError as error:
+        return None, f"perceptual distance not computed: {error}"
