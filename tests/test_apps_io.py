@@ -285,3 +285,17 @@ def test_real_16bit_ct_slice():
     image = load_image(path)
     assert image.shape[0] == 1
     np.testing.assert_allclose(image[0].numpy(), expected / scale, atol=1e-7)
+
+
+def test_save_grid_note_is_a_wrapped_band_on_top(tmp_path):
+    image = torch.full((3, 20, 30), 0.5)
+    plain = save_grid([[image, image]], tmp_path / "plain.png", labels=["a", "b\nsecond line"])
+    noted = save_grid([[image, image]], tmp_path / "noted.png", labels=["a", "b\nsecond line"],
+                      note="RANDOM WEIGHTS: an untrained network made these pictures")
+    with Image.open(plain) as first, Image.open(noted) as second:
+        assert first.getpixel((3, 3)) == (255, 255, 255)
+        assert second.getpixel((3, 3)) == (253, 226, 226)  # pale red band
+        assert second.height > first.height + 2 * 14  # wrapped onto several lines
+        # the grid itself is drawn the same below the band
+        band = second.height - first.height
+        assert np.array_equal(np.asarray(second)[band:, : first.width], np.asarray(first))

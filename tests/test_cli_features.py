@@ -140,6 +140,9 @@ def test_features_gray_image_default_out_folder(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "features_ct" / "relu1_1.png").is_file()
     assert "random" in result.stderr
+    for name in ("relu1_1.png", "overview.png"):  # every picture says it: a pale red band
+        with Image.open(tmp_path / "features_ct" / name) as picture:
+            assert picture.convert("RGB").getpixel((3, 3)) == (253, 226, 226), name
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from perceptual_loss import PerceptualLoss, WeightsNotFoundError
+from perceptual_loss.apps.visualize import distortion_figure
 
 __all__ = [
     "DISTORTIONS",
     "DemoConfig",
     "DemoResult",
+    "cpu_threads",
     "distort",
     "gaussian_blur",
     "resolve_demo_weights",
@@ -73,6 +75,8 @@ class DemoConfig:
         perceptual_weight: Weight of the perceptual term in the second denoiser.
         device: Where to compute.
         progress: Show progress bars.
+        threads: Torch threads on the CPU; ``None`` chooses from the idle cores (see
+            :func:`cpu_threads`).
     """
 
     out_dir: Path
@@ -86,6 +90,7 @@ class DemoConfig:
     perceptual_weight: float = 0.1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True
+    threads: int | None = None
 
     def effective(self) -> DemoConfig:
         """The settings actually used (``quick`` shrinks sizes and steps)."""
@@ -96,7 +101,7 @@ class DemoConfig:
             steps=min(self.steps, 3), crop_size=min(self.crop_size, 32),
             noise_sigma=self.noise_sigma, weights=self.weights, backbone=self.backbone,
             perceptual_weight=self.perceptual_weight, device=self.device,
-            progress=self.progress,
+            progress=self.progress, threads=self.threads,
         )
 
 
@@ -287,49 +292,10 @@ def _claim_verdict(table: dict[str, dict[str, float]]) -> tuple[bool, list[str]]
     return lighter_relative and shifts_below_others, lines
 
 
-def _shift_figure(
-    examples: dict[str, torch.Tensor],
-    table: dict[str, dict[str, float]],
-    path: Path,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [label for label, _, _ in DISTORTIONS]
-    figure = plt.figure(figsize=(14, 6.5), dpi=100)
-    try:
-        grid = figure.add_gridspec(2, len(labels) + 1, height_ratios=[1.1, 1.0])
-        for column, label in enumerate(["original", *labels]):
-            axis = figure.add_subplot(grid[0, column])
-            axis.imshow(examples[label].permute(1, 2, 0).clamp(0, 1).numpy())
-            axis.set_xticks([])
-            axis.set_yticks([])
-            title = label
-            if label in table:
-                title += (f"\nMSE {table[label]['mse']:.2g}"
-                          f"\nperc. {table[label]['perceptual']:.2g}")
-            axis.set_title(title, fontsize=8)
-        bars = figure.add_subplot(grid[1, :])
-        positions = range(len(labels))
-        width = 0.38
-        bars.bar([p - width / 2 for p in positions],
-                 [table[label]["mse / blur 1"] for label in labels], width, label="MSE")
-        bars.bar([p + width / 2 for p in positions],
-                 [table[label]["perceptual / blur 1"] for label in labels], width,
-                 label="perceptual loss")
-        bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-        bars.set_xticks(list(positions))
-        bars.set_xticklabels(labels, fontsize=9)
-        bars.set_ylabel("score / score of blur sigma 1")
-        bars.set_title("Mean over the sample pictures, relative to a sigma-1 blur "
-                       "(lower = punished less)", fontsize=10)
-        bars.legend()
-        figure.tight_layout()
-        figure.savefig(path)
-    finally:
-        plt.close(figure)
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: the perceptual numbers come from an untrained VGG, a much weaker signal "
+    "than ImageNet features; they do not show what the real perceptual loss does"
+)
 
 
 def _train_denoisers(
@@ -382,7 +348,13 @@ def _train_denoisers(
     return means, per_image, folders
 
 
-def _comparison_figure(folders: dict[str, Path], path: Path) -> None:
+def _comparison_figure(
+    folders: dict[str, Path],
+    path: Path,
+    per_image: Sequence[dict[str, Any]] = (),
+    note: str | None = None,
+) -> None:
+    """Noisy input, both denoisers' outputs and the clean picture, with their own scores."""
     from perceptual_loss.apps.io import load_image, save_grid
 
     stem = "chelsea"
@@ -391,8 +363,19 @@ def _comparison_figure(folders: dict[str, Path], path: Path) -> None:
     row += [load_image(folder / "eval" / f"{stem}_output.png", mode="rgb")
             for folder in folders.values()]
     row.append(load_image(first / f"{stem}_target.png", mode="rgb"))
-    labels = ["noisy input", *(f"trained: {label}" for label in folders), "clean"]
-    save_grid([row], path, labels=labels)
+
+    def scores(loss: str, which: str) -> str:
+        found = [r for r in per_image if r.get("loss") == loss and stem in str(r.get("image"))]
+        if not found or f"psnr_{which}" not in found[0]:
+            return ""
+        return (f"\n{found[0][f'psnr_{which}']:.2f} dB, "
+                f"SSIM {found[0][f'ssim_{which}']:.3f}")
+
+    losses = list(folders)
+    labels = [f"noisy input{scores(losses[0], 'input')}"]
+    labels += [f"trained: {label}{scores(label, 'output')}" for label in losses]
+    labels.append("clean")
+    save_grid([row], path, labels=labels, note=note)
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -401,21 +384,69 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines
 
 
+def cpu_threads(requested: int | None = None) -> tuple[int, str]:
+    """How many threads torch should use on the CPU, and why.
+
+    Torch starts one thread per core. When other processes keep cores busy, those threads
+    wait for each other at every operation (each waits for the slowest, which shares its
+    core), and the run gets slower than with fewer threads. So, unless a number is asked
+    for, this takes the cores this process may run on minus the 1-minute load average
+    (rounded, at least 1).
+
+    Args:
+        requested: A number of threads, or ``None`` to choose from the load.
+
+    Returns:
+        ``(threads, reason)``, the reason for the terminal.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be >= 1, got {requested}")
+        return requested, f"{requested} asked for, {cores} cores"
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        return min(torch.get_num_threads(), cores), f"{cores} cores"
+    threads = max(1, min(cores, round(cores - load)))
+    return threads, f"{cores} cores, load average {load:.1f}; --threads to choose"
+
+
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
              warn: Callable[[str], None] | None = None) -> DemoResult:
     """Run both parts of the demo and write pictures and ``report.md`` to ``out_dir``.
 
+    On the CPU, torch runs with :func:`cpu_threads` threads during the demo (the previous
+    setting is restored afterwards).
+
     Args:
-        config: Output folder, sizes, steps, weights, device.
+        config: Output folder, sizes, steps, weights, device, threads.
         echo: Prints a progress line.
         warn: Prints a warning loudly (default: ``echo``).
 
     Returns:
         The :class:`DemoResult`.
     """
+    previous = torch.get_num_threads()
+    if torch.device(config.device).type == "cpu":
+        threads, reason = cpu_threads(config.threads)
+        torch.set_num_threads(threads)
+        echo(f"[demo] {threads} CPU thread{'s' if threads > 1 else ''} ({reason})")
+    try:
+        return _run_demo(config, echo, warn or echo)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(config: DemoConfig, echo: Callable[[str], None],
+              warn: Callable[[str], None]) -> DemoResult:
     from perceptual_loss.apps.data import load_sample_images
 
-    warn = warn or echo
     config = config.effective()
     started = time.perf_counter()
     out_dir = Path(config.out_dir)
@@ -442,12 +473,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
         pictures, DEMO_IMAGES, loss_fn, config.size, config.device
     )
     claim_holds, verdict_lines = _claim_verdict(table)
-    _shift_figure(examples, table, out_dir / "shift_vs_blur.png")
+    note = RANDOM_WEIGHTS_NOTE if weights is None else None
+    distortion_figure(examples, table, shift_rows, out_dir / "shift_vs_blur.png", note)
     for line in verdict_lines:
         echo(line)
 
     denoise_means, denoise_rows, folders = _train_denoisers(config, weights, notes, echo)
-    _comparison_figure(folders, out_dir / "denoise_comparison.png")
+    _comparison_figure(folders, out_dir / "denoise_comparison.png", denoise_rows, note)
     elapsed = time.perf_counter() - started
 
     weights_text = "random (untrained)" if weights is None else str(weights)

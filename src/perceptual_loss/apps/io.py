@@ -447,6 +447,7 @@ def save_grid(
     row_labels: Sequence[str] | None = None,
     padding: int = 4,
     background: int = 255,
+    note: str | None = None,
 ) -> Path:
     """Save images side by side as one PNG (e.g. input / output / target per row).
 
@@ -456,10 +457,13 @@ def save_grid(
             batch tensor ``(N, C, H, W)``. Rows may have different lengths and images different
             sizes; each cell is as large as the largest image, images are centred.
         path: Output image file (PNG recommended). Parent folders are created.
-        labels: Optional column titles, one per column, drawn above the first row.
+        labels: Optional column titles, one per column, drawn above the first row (a
+            newline in a title starts a second, centred line).
         row_labels: Optional row titles, one per row, drawn left of each row.
         padding: Pixels between cells, ``>= 0``.
         background: Gray level 0-255 of the background.
+        note: Optional warning drawn in dark red on a pale red band across the top (e.g.
+            that the pictures come from random weights); wrapped to the grid's width.
 
     Returns:
         The written path.
@@ -500,22 +504,41 @@ def save_grid(
     font = _font(font_size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
-    def text_size(text: str) -> tuple[int, int]:
-        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
+    def text_size(text: str, which: ImageFont.ImageFont | ImageFont.FreeTypeFont = font
+                  ) -> tuple[int, int]:
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=which)
         return right - left, bottom - top
+
+    note_font = _font(max(font_size, 14))
+
+    def note_size(text: str) -> tuple[int, int]:
+        return text_size(text, note_font)
 
     top_band = (max(text_size(t)[1] for t in labels) + 2 * padding + 2) if labels else 0
     left_band = (max(text_size(t)[0] for t in row_labels) + 2 * padding) if row_labels else 0
     width = left_band + columns * cell_w + (columns + 1) * padding
+    note_lines = _wrap(note, note_size, max(width - 2 * padding - 8, 1)) if note else []
+    if note_lines:
+        width = max(width, max(note_size(line)[0] for line in note_lines) + 2 * padding + 8)
+    line_h = note_size("Ag")[1] + 4
+    note_band = len(note_lines) * line_h + 8 if note_lines else 0
+    top_band += note_band
     height = top_band + len(cells) * cell_h + (len(cells) + 1) * padding
     canvas = Image.new("RGB", (width, height), (background,) * 3)
     draw = ImageDraw.Draw(canvas)
     ink = (0, 0, 0) if background >= 128 else (255, 255, 255)
+    if note_lines:
+        draw.rectangle((0, 0, width - 1, note_band - 1), fill=(253, 226, 226),
+                       outline=(198, 40, 40))
+        for index, line in enumerate(note_lines):
+            draw.text((padding + 4, 4 + index * line_h), line, fill=(150, 20, 20),
+                      font=note_font)
 
     for c, title in enumerate(labels or ()):
         text_w, _ = text_size(title)
         x0 = left_band + padding + c * (cell_w + padding)
-        draw.text((x0 + max(0, (cell_w - text_w) // 2), padding), title, fill=ink, font=font)
+        draw.text((x0 + max(0, (cell_w - text_w) // 2), note_band + padding), title, fill=ink,
+                  font=font, align="center")
     for r, row in enumerate(cells):
         y0 = top_band + padding + r * (cell_h + padding)
         if row_labels is not None:
@@ -532,6 +555,22 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def _wrap(text: str, text_size: Callable[[str], tuple[int, int]], width: int) -> list[str]:
+    """Split ``text`` into lines of at most ``width`` pixels (a longer word gets its own)."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if line and text_size(candidate)[0] > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
 
 
 def grid_shape(count: int, max_columns: int | None = None) -> tuple[int, int]:

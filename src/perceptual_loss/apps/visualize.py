@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,12 @@ from perceptual_loss.apps.io import grid_shape, save_grid
 
 __all__ = [
     "DEFAULT_FEATURE_LAYERS",
+    "RANDOM_WEIGHTS_NOTE",
     "channel_grid",
     "check_colormap",
     "colorize",
     "default_feature_layers",
+    "distortion_figure",
     "extract_feature_maps",
     "fit_image",
     "normalize_maps",
@@ -35,6 +37,12 @@ __all__ = [
 ]
 
 ChannelOrder = Literal["activation", "index"]
+
+#: The warning put on pictures made with an untrained network.
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: an untrained network made these maps; they show what random filters "
+    "respond to, not learned features (use --weights imagenet)"
+)
 
 #: Layers shown by default: one per block of VGG16, shallow to deep.
 DEFAULT_FEATURE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -252,6 +260,7 @@ def save_feature_figures(
     order: ChannelOrder = "activation",
     cell_size: int = 96,
     colormap: str = "gray",
+    note: str | None = None,
 ) -> list[Path]:
     """Write one channel grid per layer and an overview figure.
 
@@ -269,6 +278,8 @@ def save_feature_figures(
         order: Channel choice, ``"activation"`` or ``"index"``.
         cell_size: Tile size of the layer grids in pixels.
         colormap: ``"gray"`` or a matplotlib colour map name.
+        note: A warning drawn across the top of every figure, e.g. :data:`RANDOM_WEIGHTS_NOTE`
+            when the maps come from random weights.
 
     Returns:
         Paths written, the layer grids in layer order, then the overview.
@@ -283,7 +294,7 @@ def save_feature_figures(
     for layer, feature_map in feature_maps.items():
         grid = channel_grid(feature_map, max_channels=max_channels, order=order,
                             cell_size=cell_size, colormap=colormap)
-        written.append(save_grid([[grid]], out_dir / f"{layer}.png", padding=0))
+        written.append(save_grid([[grid]], out_dir / f"{layer}.png", padding=0, note=note))
 
     display = 128
     shown = _fit_cell(image, display).clamp(0, 1)
@@ -297,5 +308,78 @@ def save_feature_figures(
         rows.append(list(colorize(normalize_maps(enlarged), colormap)))
         channels, height, width = feature_map.shape
         labels.append(f"{layer} ({channels}x{height}x{width})")
-    written.append(save_grid(rows, out_dir / "overview.png", row_labels=labels))
+    written.append(save_grid(rows, out_dir / "overview.png", row_labels=labels, note=note))
     return written
+
+
+def distortion_figure(
+    examples: dict[str, torch.Tensor],
+    table: dict[str, dict[str, float]],
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    note: str | None = None,
+) -> None:
+    """The demo's picture: one picture's distorted crops with their own scores, mean bars.
+
+    Args:
+        examples: ``"original"`` and each distortion label -> ``(3, H, W)`` crop in
+            ``[0, 1]``, all of the picture named by ``rows[0]["image"]``.
+        table: Distortion label -> mean ``"mse / blur 1"`` and ``"perceptual / blur 1"``
+            over the pictures.
+        rows: One dict per picture and distortion: ``image``, ``distortion``, ``mse``,
+            ``perceptual`` (the captions use the shown picture's own rows).
+        path: Output PNG.
+        note: A warning across the top (e.g. random weights), or ``None``.
+
+    Raises:
+        ImportError: Without matplotlib.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(table)
+    shown = rows[0]["image"] if rows else ""
+    own = {row["distortion"]: row for row in rows if row["image"] == shown}
+    pictures = sorted({row["image"] for row in rows}, key=[r["image"] for r in rows].index)
+    figure = plt.figure(figsize=(14, 5.9 if note else 5.5), dpi=100)
+    try:
+        top = 0.87 if note else 0.93
+        grid = figure.add_gridspec(2, len(labels) + 1, height_ratios=[1.0, 1.15], top=top,
+                                   bottom=0.08, left=0.05, right=0.99, hspace=0.3)
+        for column, label in enumerate(["original", *labels]):
+            axis = figure.add_subplot(grid[0, column])
+            axis.imshow(examples[label].permute(1, 2, 0).clamp(0, 1).numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            title = f"{shown}: {label}" if label == "original" else label
+            if label in own:
+                title += (f"\nMSE {own[label]['mse']:.2g}"
+                          f"\nperc. {own[label]['perceptual']:.2g}")
+            axis.set_title(title, fontsize=8)
+            if column == 0:
+                axis.set_ylabel(f"{shown} crop:\nits own scores", fontsize=9)
+        bars = figure.add_subplot(grid[1, :])
+        positions = range(len(labels))
+        width = 0.38
+        bars.bar([p - width / 2 for p in positions],
+                 [table[label]["mse / blur 1"] for label in labels], width, label="MSE")
+        bars.bar([p + width / 2 for p in positions],
+                 [table[label]["perceptual / blur 1"] for label in labels], width,
+                 label="perceptual loss")
+        bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+        bars.set_xticks(list(positions))
+        bars.set_xticklabels(labels, fontsize=9)
+        bars.set_ylabel("mean score / mean score\nof blur sigma 1")
+        bars.set_title(f"Means over the {len(pictures)} sample pictures ({', '.join(pictures)}),"
+                       " relative to a sigma-1 blur (lower = punished less)", fontsize=10)
+        bars.legend()
+        if note:
+            figure.text(0.5, 0.985, note, ha="center", va="top", fontsize=11,
+                        color="#8e1b1b", wrap=True,
+                        bbox={"boxstyle": "round", "facecolor": "#fde8e8",
+                              "edgecolor": "#c62828"})
+        figure.savefig(path)
+    finally:
+        plt.close(figure)

@@ -30,11 +30,14 @@ __all__ = ["demo"]
               help="Side of the crops compared in part 1.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch. Default: the idle cores (cores minus the load "
+              "average), so a busy machine is not oversubscribed.")
 @weights_option
 @backbone_option
 @device_option
-def demo(out: Path, quick: bool, steps: int, size: int, progress: bool, weights: Any,
-         backbone: str, device: Any) -> None:
+def demo(out: Path, quick: bool, steps: int, size: int, progress: bool, threads: int | None,
+         weights: Any, backbone: str, device: Any) -> None:
     """Show on real pictures what the perceptual loss changes, then train with it.
 
     1. A 1-2 pixel shift, blur and noise on scikit-image's sample pictures, scored by MSE
@@ -52,6 +55,6 @@ def demo(out: Path, quick: bool, steps: int, size: int, progress: bool, weights:
 
     run_demo(
         DemoConfig(out_dir=out, quick=quick, steps=steps, size=size, weights=weights,
-                   backbone=backbone, device=device, progress=progress),
+                   backbone=backbone, device=device, progress=progress, threads=threads),
         echo=click.echo, warn=warn,
     )

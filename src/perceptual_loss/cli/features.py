@@ -75,6 +75,7 @@ def features(
     """  # noqa: D301 (\b must stay click's no-rewrap mark)
     from perceptual_loss.apps.io import load_image, warnings_as_lines
     from perceptual_loss.apps.visualize import (
+        RANDOM_WEIGHTS_NOTE,
         check_colormap,
         default_feature_layers,
         extract_feature_maps,
@@ -108,6 +109,7 @@ def features(
         order=order,  # type: ignore[arg-type]
         cell_size=cell_size,
         colormap=colormap,
+        note=RANDOM_WEIGHTS_NOTE if weights is None else None,
     )
     for layer, feature_map in maps.items():
         channels, height, width = feature_map.shape
