@@ -7,7 +7,9 @@ Distances return one value per sample, ``(N,)``; reduce them with :func:`reduce`
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
@@ -16,6 +18,7 @@ from perceptual_loss._checks import Reduction, check_reduction
 __all__ = [
     "CRITERIA",
     "TORCH_OPS",
+    "Ops",
     "Criterion",
     "Reduction",
     "feature_distance",
@@ -258,30 +261,47 @@ def match_batch(reference: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         like.shape[0], *reference.shape[1:])
 
 
-class _TorchOps:
-    """The primitives of the shared term plan, for ``(N, C, H, W)`` torch tensors."""
+@dataclass(frozen=True)
+class Ops:
+    """The backend primitives the shared term plan needs (:mod:`perceptual_loss.recipe`).
 
-    @staticmethod
-    def distance(prediction: torch.Tensor, target: torch.Tensor, criterion: str,
-                 eps: float) -> torch.Tensor:
-        return feature_distance(prediction, target, criterion, eps=eps)  # type: ignore[arg-type]
+    Each backend (torch here, ``keras.ops`` in :mod:`perceptual_loss.keras.functional`)
+    provides one instance; feature maps are in that backend's layout. Distances return one
+    value per sample ``(N,)``.
 
-    gram = staticmethod(gram_matrix)
-    normalize = staticmethod(normalize_channels)
-    match_batch = staticmethod(match_batch)
-    total_variation = staticmethod(total_variation)
+    Attributes:
+        distance: ``(prediction, target, criterion, eps) -> (N,)``.
+        gram: Feature maps -> Gram matrices ``(N, C, C)`` in float32.
+        normalize: Unit-length feature vectors over channels.
+        per_image: ``(values, n) -> (N,)``: average the channels ``per_channel`` mode stacked.
+        match_batch: ``(reference, like)``: broadcast a one-image target over a batch.
+        ssim: ``(prediction01, target01) -> (N,)``.
+        total_variation: Images -> ``(N,)``.
+    """
 
-    @staticmethod
-    def per_image(values: torch.Tensor, n: int) -> torch.Tensor:
-        """Average per-image values over the channels that ``per_channel`` mode stacked."""
-        return values.view(n, -1).mean(1) if values.shape[0] != n else values
+    distance: Callable[[Any, Any, str, float], Any]
+    gram: Callable[[Any], Any]
+    normalize: Callable[[Any], Any]
+    per_image: Callable[[Any, Any], Any]
+    match_batch: Callable[[Any, Any], Any]
+    ssim: Callable[[Any, Any], Any]
+    total_variation: Callable[[Any], Any]
 
-    @staticmethod
-    def ssim(prediction01: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
-        return ssim(prediction01, target01).to(prediction01.dtype if
-                                               prediction01.dtype == torch.float64
-                                               else torch.float32)
+
+def _per_image(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Average per-image values over the channels that ``per_channel`` mode stacked."""
+    return values.view(n, -1).mean(1) if values.shape[0] != n else values
+
+
+def _ssim_term(prediction01: torch.Tensor, target01: torch.Tensor) -> torch.Tensor:
+    """SSIM in the images' float precision (float32, or float64 for float64 images)."""
+    value = ssim(prediction01, target01)
+    return value.to(torch.float64 if prediction01.dtype == torch.float64 else torch.float32)
 
 
 #: Torch primitives for :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms``.
-TORCH_OPS = _TorchOps()
+TORCH_OPS = Ops(
+    distance=lambda p, t, criterion, eps: feature_distance(p, t, criterion, eps=eps),  # type: ignore[arg-type]
+    gram=gram_matrix, normalize=normalize_channels, per_image=_per_image,
+    match_batch=match_batch, ssim=_ssim_term, total_variation=total_variation,
+)

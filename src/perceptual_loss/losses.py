@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -29,17 +29,27 @@ from perceptual_loss._checks import (
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import (
     TORCH_OPS,
-    Criterion,
     gram_matrix,
     import_ssim,
     reduce,
     total_variation,
 )
-from perceptual_loss.preprocess import ChannelMode, Normalization
-from perceptual_loss.recipe import Recipe, feature_terms, pixel_terms
+from perceptual_loss.recipe import (
+    Recipe,
+    RecipeOptions,
+    check_option_names,
+    feature_terms,
+    pixel_terms,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["PerceptualLoss", "TotalVariationLoss", "perceptual_loss"]
 
+#: Options that a given extractor fixes (they are the extractor's, not the loss's).
+_EXTRACTOR_OPTIONS = frozenset({"input_range", "channel_mode", "resize", "normalization",
+                                "check_values", "pooling"})
 #: Recipe fields a PerceptualLoss exposes as read-only attributes.
 _RECIPE_ATTRIBUTES = frozenset({
     "layer_weights", "criterion", "normalize_features", "feature_weight", "style_weight",
@@ -123,52 +133,28 @@ class PerceptualLoss(nn.Module):
         layers: Sequence[str] | None = None,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
-        criterion: Criterion = "l1",
-        layer_weights: Sequence[float] | Mapping[str, float] | None = None,
-        normalize_features: bool = False,
-        feature_weight: float = 1.0,
-        style_layers: Sequence[str] = (),
-        style_weight: float = 1.0,
-        style_layer_weights: Sequence[float] | Mapping[str, float] | None = None,
-        style_criterion: Criterion | None = None,
-        pixel_mse: float = 0.0,
-        pixel_l1: float = 0.0,
-        ssim_weight: float = 0.0,
-        tv_weight: float = 0.0,
-        resize: int | Sequence[int] | None = None,
-        input_range: tuple[float, float] = (0.0, 1.0),
-        channel_mode: ChannelMode = "repeat",
-        normalization: str | Normalization | None = None,
-        reduction: Reduction = "mean",
-        check_values: bool = True,
-        charbonnier_eps: float = 1e-3,
         memory: Literal["lean", "plain"] = "lean",
         channels_last: bool = False,
         chunk_size: int | None = None,
-        pooling: Literal["max", "avg"] = "max",
         extractor: FeatureExtractor | None = None,
+        **options: Unpack[RecipeOptions],
     ) -> None:
-        options: dict[str, Any] = dict(
-            criterion=criterion, layer_weights=layer_weights,
-            normalize_features=normalize_features, feature_weight=feature_weight,
-            style_layers=style_layers, style_weight=style_weight,
-            style_layer_weights=style_layer_weights, style_criterion=style_criterion,
-            pixel_mse=pixel_mse, pixel_l1=pixel_l1, ssim_weight=ssim_weight, tv_weight=tv_weight,
-            reduction=reduction, charbonnier_eps=charbonnier_eps)
+        check_option_names(options, "PerceptualLoss")
         if extractor is not None:
             if not isinstance(extractor, FeatureExtractor):
                 raise TypeError(f"extractor must be a FeatureExtractor; got "
                                 f"{type(extractor).__name__}")
+            clash = sorted(set(options) & _EXTRACTOR_OPTIONS)
+            if clash:
+                raise ValueError(f"{', '.join(clash)} belong to the extractor given with "
+                                 "extractor=...; set them when building it")
             recipe = Recipe.create(
                 extractor.spec.name, extractor.layers if layers is None else layers, None,
                 input_range=extractor.input_range, channel_mode=extractor.channel_mode,
                 resize=extractor.preprocess.resize, normalization=extractor.normalization,
                 check_values=extractor.check_values, pooling=extractor.pooling, **options)
         else:
-            recipe = Recipe.create(backbone, layers, weights, resize=resize,
-                                   input_range=input_range, channel_mode=channel_mode,
-                                   normalization=normalization, check_values=check_values,
-                                   pooling=pooling, **options)
+            recipe = Recipe.create(backbone, layers, weights, **options)
         self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
                     extractor=extractor)
 
@@ -442,7 +428,7 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
                     memory: Literal["lean", "plain"] = "lean",
                     channels_last: bool = False,
                     chunk_size: int | None = None,
-                    **options: Any) -> torch.Tensor:
+                    **options: Unpack[RecipeOptions]) -> torch.Tensor:
     """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
 
     Inputs and options are validated first; the module is then built once per recipe,
@@ -470,6 +456,7 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
     check_image(prediction, "prediction")
     check_image(target, "target")
     check_pair(prediction, target)
+    check_option_names(options, "perceptual_loss")
     if extractor is not None:
         loss_fn = PerceptualLoss(extractor=extractor, layers=layers, **options)
     else:

@@ -129,8 +129,8 @@ def load_lpips_heads(net: str, version: str = "0.1",
                 f"{', '.join(_HEAD_VERSIONS)} (v0.0 had an input-scaling bug and is not "
                 "supported). Pass path=... for heads of your own."
             )
-        ref = resources.files("perceptual_loss") / "data" / "lpips" / f"v{version}" / \
-            f"{spec.name}.pth"
+        ref = (resources.files("perceptual_loss") / "data" / "lpips" / f"v{version}"
+               / f"{spec.name}.pth")
         with resources.as_file(ref) as file:
             state = torch.load(file, map_location="cpu", weights_only=True)
         source = f"shipped v{version} heads for {spec.name!r}"
@@ -162,8 +162,8 @@ def load_lpips_heads(net: str, version: str = "0.1",
                 f"{spec.layers[index]!r} of {spec.backbone} has {channels} channels"
             )
         heads.append(weight.detach().reshape(channels).to(torch.float32).clone())
-    extra = set(state) - {f"lin{i}.model.1.weight" for i in range(len(spec.channels))} \
-        - {f"lin{i}.weight" for i in range(len(spec.channels))}
+    extra = (set(state) - {f"lin{i}.model.1.weight" for i in range(len(spec.channels))}
+             - {f"lin{i}.weight" for i in range(len(spec.channels))})
     if extra:
         raise ValueError(f"{source}: unexpected keys for {spec.name!r}: {', '.join(sorted(extra))}")
     return heads

@@ -16,10 +16,11 @@ and in those primitives, and every front end has it.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol
+from typing import Any, TypedDict
 
 from perceptual_loss._checks import (
     check_choice,
@@ -28,7 +29,7 @@ from perceptual_loss._checks import (
     check_weight,
 )
 from perceptual_loss.backbones import get_backbone
-from perceptual_loss.functional import CRITERIA
+from perceptual_loss.functional import CRITERIA, Ops
 from perceptual_loss.preprocess import NORMALIZATIONS, Normalization, as_size, get_normalization
 
 __all__ = [
@@ -37,7 +38,10 @@ __all__ = [
     "DEFAULT_LAYERS",
     "POOLINGS",
     "Ops",
+    "RECIPE_OPTIONS",
     "Recipe",
+    "RecipeOptions",
+    "check_option_names",
     "feature_terms",
     "pixel_terms",
 ]
@@ -50,27 +54,49 @@ POOLINGS: tuple[str, ...] = ("max", "avg")
 Tensor = Any  # a torch.Tensor or a Keras backend tensor
 
 
-class Ops(Protocol):
-    """The backend primitives the term plan needs (torch or ``keras.ops``).
+class RecipeOptions(TypedDict, total=False):
+    """The keyword options every front end accepts beside backbone, layers and weights."""
 
-    Feature maps are ``(N, C, H, W)`` for torch and ``(N, H, W, C)`` for Keras; each
-    primitive knows its layout. Distances return one value per sample ``(N,)``.
+    criterion: str
+    layer_weights: Sequence[float] | Mapping[str, float] | None
+    normalize_features: bool
+    feature_weight: float
+    style_layers: Sequence[str]
+    style_weight: float
+    style_layer_weights: Sequence[float] | Mapping[str, float] | None
+    style_criterion: str | None
+    pixel_mse: float
+    pixel_l1: float
+    ssim_weight: float
+    tv_weight: float
+    resize: int | Sequence[int] | None
+    input_range: Sequence[float]
+    channel_mode: str
+    normalization: str | Normalization | None
+    reduction: str
+    check_values: bool
+    charbonnier_eps: float
+    pooling: str
+
+
+#: Names of :class:`RecipeOptions`.
+RECIPE_OPTIONS: frozenset[str] = frozenset(RecipeOptions.__annotations__)
+
+
+def check_option_names(options: Mapping[str, Any], owner: str,
+                       extra: Sequence[str] = ()) -> None:
+    """Refuse keyword options that no front end knows, naming the nearest known one.
+
+    Raises:
+        TypeError: An unknown option; the message lists the valid ones.
     """
-
-    def distance(self, prediction: Tensor, target: Tensor, criterion: str,
-                 eps: float) -> Tensor: ...  # noqa: D102
-
-    def gram(self, features: Tensor) -> Tensor: ...  # noqa: D102
-
-    def normalize(self, features: Tensor) -> Tensor: ...  # noqa: D102
-
-    def per_image(self, values: Tensor, n: int) -> Tensor: ...  # noqa: D102
-
-    def match_batch(self, reference: Tensor, like: Tensor) -> Tensor: ...  # noqa: D102
-
-    def ssim(self, prediction01: Tensor, target01: Tensor) -> Tensor: ...  # noqa: D102
-
-    def total_variation(self, images01: Tensor) -> Tensor: ...  # noqa: D102
+    valid = sorted(RECIPE_OPTIONS | set(extra))
+    for name in options:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{owner} got an unknown option {name!r}.{hint} Options: "
+                            f"{', '.join(valid)}")
 
 
 @dataclass(frozen=True)
@@ -233,8 +259,8 @@ class Recipe:
             TypeError: A :class:`Normalization` object instead of a name cannot be saved.
         """
         if isinstance(self.normalization, Normalization):
-            if self.normalization.name in NORMALIZATIONS and \
-                    NORMALIZATIONS[self.normalization.name] == self.normalization:
+            if (self.normalization.name in NORMALIZATIONS
+                    and NORMALIZATIONS[self.normalization.name] == self.normalization):
                 return {**self.replace(normalization=self.normalization.name).to_config()}
             raise TypeError("a custom Normalization cannot be saved in a config; register it "
                             "by name or pass a known name ('imagenet', 'caffe', 'lpips', 'none')")

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from perceptual_loss._registry import Registry
 from perceptual_loss._weight_files import (
     WeightsIntegrityError,
     WeightsNotFoundError,
@@ -106,38 +107,22 @@ class WeightSpec:
     license: str
 
 
-_REGISTRY: dict[str, WeightSpec] = {}
+_REGISTRY: Registry[WeightSpec] = Registry("weights")
 
 
 def register_weights(spec: WeightSpec) -> WeightSpec:
-    """Add ``spec`` to the registry.
-
-    Raises:
-        ValueError: If the key is already registered.
-    """
-    if spec.key in _REGISTRY:
-        raise ValueError(f"weights {spec.key!r} are already registered")
-    _REGISTRY[spec.key] = spec
-    return spec
+    """Add ``spec`` to the registry (a second spec with the same key is a ValueError)."""
+    return _REGISTRY.add(spec.key, spec)
 
 
 def get_weight_spec(key: str) -> WeightSpec:
-    """The registered weights called ``key`` (e.g. ``"vgg16/imagenet"``).
-
-    Raises:
-        ValueError: If the key is unknown; the message lists the registered keys.
-    """
-    try:
-        return _REGISTRY[key]
-    except KeyError:
-        raise ValueError(
-            f"unknown weights {key!r}; registered: {', '.join(list_weights())}"
-        ) from None
+    """The registered weights called ``key``, e.g. ``"vgg16/imagenet"`` (unknown: ValueError)."""
+    return _REGISTRY.get(key)
 
 
 def list_weights() -> list[str]:
     """Registered weight keys, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.keys()
 
 
 _TORCHVISION_URL = "https://download.pytorch.org/models/"
@@ -405,7 +390,7 @@ def find_weight_spec(name: str) -> WeightSpec:
         ValueError: Neither; the message lists the keys.
     """
     if name in _REGISTRY:
-        return _REGISTRY[name]
+        return _REGISTRY.get(name)
     if name in list_backbones() and "imagenet" in get_backbone(name).weights:
         return get_weight_spec(get_backbone(name).weights["imagenet"])
     raise ValueError(f"unknown weights {name!r}; use a key ({', '.join(list_weights())}) or "
@@ -441,7 +426,7 @@ def resolve_weights(weights: str | os.PathLike[str] | None, backbone: BackboneSp
     if text in backbone.weights:
         return WeightsChoice("registry", spec=get_weight_spec(backbone.weights[text]))
     if text in _REGISTRY:
-        spec = _REGISTRY[text]
+        spec = _REGISTRY.get(text)
         if spec.backbone != backbone.name:
             raise ValueError(
                 f"weights {text!r} are for backbone {spec.backbone!r}, not {backbone.name!r}"

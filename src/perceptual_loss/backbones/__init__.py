@@ -13,6 +13,7 @@ from functools import partial
 
 from torch import nn
 
+from perceptual_loss._registry import Registry
 from perceptual_loss.backbones.alexnet import ALEXNET_LAYER_NAMES, AlexNet, make_alexnet_features
 from perceptual_loss.backbones.squeezenet import (
     SQUEEZENET1_1_LAYER_NAMES,
@@ -73,38 +74,22 @@ class BackboneSpec:
         return self.layer_names.index(self.canonical(layer))
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+_REGISTRY: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add ``spec`` to the registry.
-
-    Raises:
-        ValueError: If a backbone of that name is already registered.
-    """
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    """Add ``spec`` to the registry (a second spec of the same name is a ValueError)."""
+    return _REGISTRY.add(spec.name, spec)
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The registered backbone called ``name``.
-
-    Raises:
-        ValueError: If no such backbone exists; the message lists the registered ones.
-    """
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}"
-        ) from None
+    """The registered backbone called ``name`` (unknown names list the registered ones)."""
+    return _REGISTRY.get(name)
 
 
 def list_backbones() -> list[str]:
     """Names of the registered backbones, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.keys()
 
 
 for _depth in ("vgg11", "vgg13", "vgg16", "vgg19"):
@@ -122,17 +107,9 @@ for _depth in ("vgg11", "vgg13", "vgg16", "vgg19"):
             weights=_weights,
         ))
 
-register_backbone(BackboneSpec(
-    name="alexnet",
-    build=AlexNet,
-    build_features=make_alexnet_features,
-    layer_names=ALEXNET_LAYER_NAMES,
-    weights={"imagenet": "alexnet/imagenet"},
-))
-register_backbone(BackboneSpec(
-    name="squeezenet1_1",
-    build=SqueezeNet1_1,
-    build_features=make_squeezenet1_1_features,
-    layer_names=SQUEEZENET1_1_LAYER_NAMES,
-    weights={"imagenet": "squeezenet1_1/imagenet"},
-))
+for _name, _build, _features, _names in (
+    ("alexnet", AlexNet, make_alexnet_features, ALEXNET_LAYER_NAMES),
+    ("squeezenet1_1", SqueezeNet1_1, make_squeezenet1_1_features, SQUEEZENET1_1_LAYER_NAMES),
+):
+    register_backbone(BackboneSpec(name=_name, build=_build, build_features=_features,
+                                   layer_names=_names, weights={"imagenet": f"{_name}/imagenet"}))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from perceptual_loss.functional import CRITERIA, Criterion
+from perceptual_loss.functional import CRITERIA, Criterion, Ops
 from perceptual_loss.keras._compat import import_keras
 
 keras = import_keras()
@@ -31,8 +31,9 @@ Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
 
 def _float32(x: Tensor) -> Tensor:
     """``x`` in at least float32 precision (float64 stays float64)."""
-    return x if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64") \
-        else ops.cast(x, "float32")
+    if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64"):
+        return x
+    return ops.cast(x, "float32")
 
 
 def gram_matrix(features: Tensor) -> Tensor:
@@ -200,29 +201,16 @@ def _match_batch(reference: Tensor, like: Tensor) -> Tensor:
                      f"{batch}; cache one image or a batch of the same size")
 
 
-class _KerasOps:
-    """The primitives of the shared term plan, for channels-last Keras tensors."""
-
-    @staticmethod
-    def distance(prediction: Tensor, target: Tensor, criterion: str, eps: float) -> Tensor:
-        return feature_distance(prediction, target, criterion, eps=eps)  # type: ignore[arg-type]
-
-    gram = staticmethod(gram_matrix)
-    normalize = staticmethod(normalize_channels)
-    match_batch = staticmethod(_match_batch)
-    total_variation = staticmethod(total_variation)
-
-    @staticmethod
-    def per_image(values: Tensor, n: Any) -> Tensor:
-        """Average per-image values over the channels that ``per_channel`` mode stacked."""
-        if values.shape[0] is not None and values.shape[0] == n:
-            return values
-        return ops.mean(ops.reshape(values, (n, -1)), axis=1)
-
-    @staticmethod
-    def ssim(prediction01: Tensor, target01: Tensor) -> Tensor:
-        return ssim(prediction01, target01)
+def _per_image(values: Tensor, n: Any) -> Tensor:
+    """Average per-image values over the channels that ``per_channel`` mode stacked."""
+    if values.shape[0] is not None and values.shape[0] == n:
+        return values
+    return ops.mean(ops.reshape(values, (n, -1)), axis=1)
 
 
 #: Keras primitives for :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms``.
-KERAS_OPS = _KerasOps()
+KERAS_OPS = Ops(
+    distance=lambda p, t, criterion, eps: feature_distance(p, t, criterion, eps=eps),  # type: ignore[arg-type]
+    gram=gram_matrix, normalize=normalize_channels, per_image=_per_image,
+    match_batch=_match_batch, ssim=ssim, total_variation=total_variation,
+)

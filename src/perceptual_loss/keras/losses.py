@@ -9,15 +9,23 @@ primitives. Given the same weights and settings both front ends return the same 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from perceptual_loss.functional import Criterion
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.extractor import FeatureExtractor, check_range
 from perceptual_loss.keras.functional import KERAS_OPS, gram_matrix
-from perceptual_loss.preprocess import ChannelMode
-from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe, feature_terms, pixel_terms
+from perceptual_loss.recipe import (
+    DEFAULT_LAYERS,
+    Recipe,
+    RecipeOptions,
+    check_option_names,
+    feature_terms,
+    pixel_terms,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 keras = import_keras()
 ops = keras.ops
@@ -110,50 +118,26 @@ class PerceptualLoss(keras.losses.Loss):
         layers: Sequence[str] | None = DEFAULT_LAYERS,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
-        criterion: Criterion = "l1",
-        layer_weights: Sequence[float] | Mapping[str, float] | None = None,
-        normalize_features: bool = False,
-        feature_weight: float = 1.0,
-        style_layers: Sequence[str] = (),
-        style_weight: float = 1.0,
-        style_layer_weights: Sequence[float] | Mapping[str, float] | None = None,
-        style_criterion: Criterion | None = None,
-        pixel_mse: float = 0.0,
-        pixel_l1: float = 0.0,
-        ssim_weight: float = 0.0,
-        tv_weight: float = 0.0,
-        resize: int | Sequence[int] | None = None,
-        input_range: tuple[float, float] = (0.0, 1.0),
-        channel_mode: ChannelMode = "repeat",
-        normalization: str | None = None,
         reduction: str | None = "mean",
-        check_values: bool = True,
-        charbonnier_eps: float = 1e-3,
-        pooling: str = "max",
         name: str = "perceptual_loss",
         dtype: str | None = None,
+        **options: Unpack[RecipeOptions],
     ) -> None:
+        check_option_names(options, "perceptual_loss.keras.PerceptualLoss")
         if reduction not in _REDUCTIONS:
             raise ValueError(
                 f"reduction must be 'mean', 'sum' or 'none' (or a Keras name: "
                 f"'sum_over_batch_size', 'mean_with_sample_weight'); got {reduction!r}"
             )
+        normalization = options.get("normalization")
         if normalization is not None and not isinstance(normalization, str):
             raise TypeError(
                 f"normalization must be a name such as 'imagenet' or 'caffe' (so the loss can "
                 f"be saved with the model); got {type(normalization).__name__}"
             )
-        recipe = Recipe.create(
-            backbone, layers, weights, criterion=criterion, layer_weights=layer_weights,
-            normalize_features=normalize_features, feature_weight=feature_weight,
-            style_layers=style_layers, style_weight=style_weight,
-            style_layer_weights=style_layer_weights, style_criterion=style_criterion,
-            pixel_mse=pixel_mse, pixel_l1=pixel_l1, ssim_weight=ssim_weight,
-            tv_weight=tv_weight, resize=resize, input_range=input_range,
-            channel_mode=channel_mode, normalization=normalization,
-            reduction=_REDUCTIONS[reduction], check_values=check_values,
-            charbonnier_eps=charbonnier_eps, pooling=pooling,
-        )
+        options.pop("reduction", None)  # type: ignore[misc]
+        recipe = Recipe.create(backbone, layers, weights, reduction=_REDUCTIONS[reduction],
+                               **options)
         super().__init__(name=name, reduction="none" if reduction is None else reduction,
                          dtype=dtype)
         self.recipe = recipe
