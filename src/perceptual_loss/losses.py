@@ -421,12 +421,10 @@ class TotalVariationLoss(nn.Module):
 
 
 def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
-                    extractor: FeatureExtractor | None = None,
-                    backbone: str = "vgg16",
+                    extractor: FeatureExtractor | None = None, backbone: str = "vgg16",
                     layers: Sequence[str] | None = None,
                     weights: str | os.PathLike[str] | None = "imagenet",
-                    memory: Literal["lean", "plain"] = "lean",
-                    channels_last: bool = False,
+                    memory: Literal["lean", "plain"] = "lean", channels_last: bool = False,
                     chunk_size: int | None = None,
                     **options: Unpack[RecipeOptions]) -> torch.Tensor:
     """Functional form of :class:`~perceptual_loss.PerceptualLoss`.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -366,27 +366,23 @@ def _planes(volume: torch.Tensor, axis: int, indices: torch.Tensor) -> torch.Ten
     return planes.transpose(1, 2).reshape(n * k, c, h, w)
 
 
-def volume_perceptual_loss(
-    prediction: torch.Tensor,
-    target: torch.Tensor,
-    loss_2d: Callable[..., torch.Tensor],
-    axes: Sequence[int | str] = ("D", "H", "W"),
-    *,
-    slice_ratio: float = 1.0,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    thin_axes: ThinAxes = "skip",
-    min_slice_size: int | None = None,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
+def volume_perceptual_loss(prediction: torch.Tensor, target: torch.Tensor,
+                           loss_2d: Callable[..., torch.Tensor],
+                           axes: Sequence[int | str] = ("D", "H", "W"),
+                           **options: Any) -> torch.Tensor:
     """Functional form of :class:`VolumePerceptualLoss` (same arguments and rules).
 
     ``loss_2d`` is used as given (build it once and reuse it), so nothing is rebuilt per call.
 
+    Args:
+        prediction: ``(N, C, D, H, W)``.
+        target: Same shape.
+        loss_2d: The 2D loss, one value per image.
+        axes: Slicing axes.
+        **options: ``slice_ratio``, ``seed``, ``generator``, ``thin_axes``,
+            ``min_slice_size``, ``max_batch``, ``reduction`` (see the class).
+
     Returns:
         ``(N,)`` with ``reduction="none"``, else a scalar.
     """
-    module = VolumePerceptualLoss(loss_2d, axes, slice_ratio=slice_ratio, seed=seed,
-                                  generator=generator, thin_axes=thin_axes,
-                                  min_slice_size=min_slice_size, reduction=reduction)
-    return module(prediction, target)
+    return VolumePerceptualLoss(loss_2d, axes, **options)(prediction, target)

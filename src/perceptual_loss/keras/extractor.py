@@ -7,8 +7,6 @@ and validated by one piece of code for both front ends; only the computation is 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +16,7 @@ from perceptual_loss.extractor import FeatureExtractor as TorchFeatureExtractor
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.backbone import keras_trunk
 from perceptual_loss.preprocess import ChannelMode, Normalization
-from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
+from perceptual_loss.recipe import Recipe
 
 keras = import_keras()
 ops = keras.ops
@@ -36,24 +34,12 @@ class FeatureExtractor:
     non-trainable ``keras.Model`` (:attr:`model`); gradients flow to the input.
 
     Args:
-        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``).
-        layers: Layers to return, by our names (``relu3_3``, ``conv5_4``, ``pool2``) or Keras
-            names (``block3_conv3``, ``block3_pool``). Order is kept; duplicates are dropped.
-        weights: ``"imagenet"`` (the torchvision file), ``"keras-imagenet"`` (the Keras
-            Applications "notop" file of VGG16/VGG19, with its Caffe preprocessing), a
-            registry key, a path to a ``.pth``/``.h5`` file, or ``None`` for random weights
-            (only when asked for).
-        input_range: ``(low, high)`` of the images, e.g. ``(0, 1)``, ``(-1, 1)``, ``(0, 255)``.
-        channel_mode: ``"repeat"`` (1 channel repeated to 3, 3 pass through) or
-            ``"per_channel"`` (each channel compared as its own grayscale image).
-        resize: Resize (bilinear, no antialiasing) to this size before the backbone, an int
-            or ``(height, width)``; ``None`` keeps the size.
-        normalization: Override the normalisation implied by the weights (``"imagenet"``,
-            ``"caffe"``, ``"lpips"``, ``"none"`` or a ``Normalization``).
-        check_values: Check inputs for NaN/Inf and for values outside ``input_range``. Runs
-            where tensors hold values (eager execution, the torch backend); compiled JAX or
-            TensorFlow steps skip it.
-        progress: Show a progress bar if weights are downloaded.
+        *args: The arguments of :class:`perceptual_loss.FeatureExtractor` (backbone,
+            layers, weights), resolved and loaded by it: the same names, weight files and
+            checks. ``check_values`` runs where tensors hold values (eager execution, the
+            torch backend); compiled JAX or TensorFlow steps skip it.
+        **kwargs: Its keyword options (``input_range``, ``channel_mode``, ``resize``,
+            ``normalization``, ``check_values``, ``progress``, ``pooling``).
 
     Shape:
         - Input: ``(N, H, W, C)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
@@ -67,25 +53,9 @@ class FeatureExtractor:
         {'relu1_1': (2, 32, 32, 64), 'pool2': (2, 8, 8, 128)}
     """
 
-    def __init__(
-        self,
-        backbone: str = "vgg16",
-        layers: Sequence[str] = DEFAULT_LAYERS,
-        weights: str | os.PathLike[str] | None = "imagenet",
-        *,
-        input_range: tuple[float, float] = (0.0, 1.0),
-        channel_mode: ChannelMode = "repeat",
-        resize: int | Sequence[int] | None = None,
-        normalization: str | Normalization | None = None,
-        check_values: bool = True,
-        progress: bool = True,
-    ) -> None:
-        torch_extractor = TorchFeatureExtractor(
-            backbone, layers, weights, input_range=input_range, channel_mode=channel_mode,
-            resize=resize, normalization=normalization, check_values=check_values,
-            progress=progress,
-        )
-        self._init_from_torch(torch_extractor)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("memory", "plain")
+        self._init_from_torch(TorchFeatureExtractor(*args, **kwargs))
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> FeatureExtractor:
