@@ -59,6 +59,13 @@ def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _checked_config(name: str, **sizes: int) -> dict[str, Any]:
+    """Check every size (``num_residual`` may be 0) and return the model's ``config``."""
+    for key, value in sizes.items():
+        _check_positive_int(value, key, minimum=0 if key == "num_residual" else 1)
+    return {"name": name, **sizes}
+
+
 class _DoubleConv(nn.Sequential):
     """Two 3x3 convolutions, each followed by batch norm and ReLU (the U-Net block)."""
 
@@ -256,15 +263,8 @@ class TransformerNet(nn.Module):
 
     def __init__(self, channels: int = 3, base_channels: int = 32, num_residual: int = 5):
         super().__init__()
-        _check_positive_int(channels, "channels")
-        _check_positive_int(base_channels, "base_channels")
-        _check_positive_int(num_residual, "num_residual", minimum=0)
-        self.config: dict[str, Any] = {
-            "name": "transformer",
-            "channels": channels,
-            "base_channels": base_channels,
-            "num_residual": num_residual,
-        }
+        self.config = _checked_config("transformer", channels=channels,
+                                      base_channels=base_channels, num_residual=num_residual)
         self.channels = channels
         c1, c2, c3 = base_channels, base_channels * 2, base_channels * 4
         self.stem = nn.Sequential(
@@ -336,16 +336,8 @@ class SuperResolutionNet(nn.Module):
         super().__init__()
         if scale not in (2, 4):
             raise ValueError(f"scale must be 2 or 4, got {scale!r}")
-        _check_positive_int(channels, "channels")
-        _check_positive_int(features, "features")
-        _check_positive_int(num_residual, "num_residual", minimum=0)
-        self.config: dict[str, Any] = {
-            "name": "sr",
-            "scale": scale,
-            "channels": channels,
-            "features": features,
-            "num_residual": num_residual,
-        }
+        self.config = _checked_config("sr", scale=scale, channels=channels, features=features,
+                                      num_residual=num_residual)
         self.scale = scale
         self.channels = channels
         self.head = nn.Conv2d(channels, features, 3, padding=1)

@@ -95,6 +95,20 @@ def _common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _network_options(crop: tuple[int, int, str], width: tuple[int, str],
+                     blocks: tuple[int, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--crop-size``, ``--width`` and ``--blocks`` with a task's defaults and help."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--blocks", type=click.IntRange(min=0), default=blocks[0],
+                            show_default=True, help=blocks[1])(func)
+        func = click.option("--width", type=click.IntRange(min=1), default=width[0],
+                            show_default=True, help=width[1])(func)
+        return click.option("--crop-size", type=click.IntRange(min=crop[0]), default=crop[1],
+                            show_default=True, help=crop[2])(func)
+
+    return decorate
+
+
 def _train_config(**kwargs: Any) -> Any:
     from perceptual_loss.apps.training import TrainConfig
 
@@ -258,12 +272,10 @@ def denoise(**kwargs: Any) -> None:
               help=_LOSS_HELP)
 @click.option("--layers", default=None, help=_LAYERS_HELP)
 @click.option("--style-layers", default=None, help=_STYLE_LAYERS_HELP)
-@click.option("--crop-size", type=click.IntRange(min=8), default=96, show_default=True,
-              help="Side of the high-resolution training crops (a multiple of --scale).")
-@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Channels of the network's trunk.")
-@click.option("--blocks", type=click.IntRange(min=0), default=8, show_default=True,
-              help="Residual blocks of the trunk.")
+@_network_options(crop=(8, 96, "Side of the high-resolution training crops (a multiple of "
+                          "--scale)."),
+                  width=(64, "Channels of the network's trunk."),
+                  blocks=(8, "Residual blocks of the trunk."))
 def sr(**kwargs: Any) -> None:
     """Train an x2/x4 pixel-shuffle super-resolution network (bicubic degradation)."""
     import torch
@@ -308,14 +320,11 @@ def sr(**kwargs: Any) -> None:
 @click.option("--layers", default="relu2_2", show_default=True,
               help="Content layers (Johnson et al. use relu2_2).")
 @click.option("--style-layers", default=None, help=_STYLE_LAYERS_HELP)
-@click.option("--crop-size", type=click.IntRange(min=16), default=256, show_default=True,
-              help="Side of the square content crops.")
 @click.option("--style-size", type=click.IntRange(min=16), default=256, show_default=True,
               help="Longer side the style picture is resized to (sets the stroke scale).")
-@click.option("--width", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Channels of the transformer network's first layer.")
-@click.option("--blocks", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Residual blocks of the transformer network.")
+@_network_options(crop=(16, 256, "Side of the square content crops."),
+                  width=(32, "Channels of the transformer network's first layer."),
+                  blocks=(5, "Residual blocks of the transformer network."))
 def style(**kwargs: Any) -> None:
     """Train a fast style-transfer network (Johnson et al. 2016) for one style picture."""
     from perceptual_loss.apps.io import load_image
