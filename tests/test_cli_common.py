@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,6 +18,7 @@ from perceptual_loss.cli._common import (
     resolve_device,
     weights_option,
 )
+from processes import run_group
 
 SRC = Path(perceptual_loss.__file__).resolve().parents[1]
 
@@ -184,8 +184,7 @@ def test_help_imports_no_subcommand_module():
         print("LOADED", loaded)
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(), timeout=120)
+    done = run_group([sys.executable, "-c", code], env=_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout
 
@@ -226,8 +225,7 @@ def test_main_and_python_dash_m(capsys):
         main(["--help"])
     assert stopped.value.code == 0
     assert "compare" in capsys.readouterr().out
-    done = subprocess.run([sys.executable, "-m", "perceptual_loss", "nope"], capture_output=True,
-                          text=True, env=_env(), timeout=120)
+    done = run_group([sys.executable, "-m", "perceptual_loss", "nope"], env=_env(), timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith("Error: no such command 'nope'")
     assert done.stderr.count("\n") == 1

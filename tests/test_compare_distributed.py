@@ -3,7 +3,6 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 import perceptual_loss
 from perceptual_loss.apps.compare import ImageScorer, compare_folders
 from perceptual_loss.backbones import get_backbone
+from processes import run_group
 
 SRC = Path(perceptual_loss.__file__).resolve().parents[1]
 
@@ -35,8 +35,8 @@ def _torchrun(args, cwd):
         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "perceptual_loss",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=cwd)
+    env["PERCEPTUAL_DIST_TIMEOUT"] = "120"
+    return run_group(command, timeout=300, env=env, cwd=cwd)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")

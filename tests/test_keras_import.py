@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import run_group
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -22,8 +24,8 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **env}
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return run_group([sys.executable, "-c", textwrap.dedent(code)], env=environment,
+                     timeout=300)
 
 
 def test_importing_the_package_never_imports_keras() -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from processes import run_group
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,9 +77,9 @@ def test_jax_backend_matches_pytorch_and_trains(tmp_path: Path) -> None:
     environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
-    result = subprocess.run(
+    result = run_group(
         [sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path / "vgg11.pth")],
-        env=environment, capture_output=True, text=True, timeout=600)
+        env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
 

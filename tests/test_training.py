@@ -1,6 +1,5 @@
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -22,6 +21,7 @@ from perceptual_loss.apps.training import (
     ssim,
     train_restoration,
 )
+from processes import run_group
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -194,12 +194,8 @@ def test_ddp_two_cpu_processes(tmp_path):
         "--steps", "4", "--batch-size", "1", "--crop-size", "16", "--width", "4", "--depth",
         "1", "--loss", "mse=1", "--device", "cpu", "--no-progress", "--sample-every", "2",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=400,
-                                   cwd=tmp_path, env=env)
-    except subprocess.TimeoutExpired as error:  # show where it stopped
-        pytest.fail(f"torchrun did not finish: stdout {error.stdout!r} stderr {error.stderr!r}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PERCEPTUAL_DIST_TIMEOUT": "120"}
+    completed = run_group(command, timeout=400, cwd=tmp_path, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads((out / "report.json").read_text())["summary"]
     assert summary["processes"] == 2 and summary["steps"] == 4
