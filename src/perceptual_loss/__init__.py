@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "total_variation": "perceptual_loss.functional",
     "PerceptualLoss": "perceptual_loss.losses",
     "TotalVariationLoss": "perceptual_loss.losses",
+    "DISTS": "perceptual_loss.dists",
     "LPIPS": "perceptual_loss.metrics",
     "lpips_distance": "perceptual_loss.metrics",
     "NORMALIZATIONS": "perceptual_loss.preprocess",
@@ -45,6 +46,7 @@ __all__ = [
     "BackboneSpec",
     "CT_WINDOWS",
     "DEFAULT_LAYERS",
+    "DISTS",
     "FeatureExtractor",
     "LPIPS",
     "NORMALIZATIONS",
@@ -87,6 +89,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
+    from perceptual_loss.dists import DISTS
     from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor
     from perceptual_loss.functional import (
         feature_distance,

@@ -14,8 +14,9 @@ from perceptual_loss._checks import check_choice, check_image, check_input_range
 from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
 from perceptual_loss.backbones import BackboneSpec, get_backbone
 from perceptual_loss.backbones.geometry import TrunkGeometry
+from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
-from perceptual_loss.recipe import DEFAULT_LAYERS, POOLINGS, Recipe
+from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
 from perceptual_loss.weights import build_trunk
 
 __all__ = ["DEFAULT_LAYERS", "FeatureExtractor"]
@@ -51,8 +52,9 @@ class FeatureExtractor(nn.Module):
             needed only for double backward (e.g. a gradient penalty through this loss).
         channels_last: Run the backbone in ``torch.channels_last`` memory format (faster
             convolutions on CPU; values differ from NCHW by float rounding only).
-        pooling: ``"max"`` (the trained network) or ``"avg"``: 2x2 average pooling in place of
-            every max pooling, same weights (Gatys et al. prefer it for style).
+        pooling: ``"max"`` (the trained network), ``"avg"``: 2x2 average pooling in place of
+            every max pooling, same weights (Gatys et al. prefer it for style), or ``"l2"``:
+            DISTS' Hanning-window L2 pooling (:class:`~perceptual_loss.backbones.pooling.L2Pool2d`).
 
     Shape:
         - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
@@ -79,7 +81,7 @@ class FeatureExtractor(nn.Module):
         progress: bool = True,
         memory: Literal["lean", "plain"] = "lean",
         channels_last: bool = False,
-        pooling: Literal["max", "avg"] = "max",
+        pooling: Literal["max", "avg", "l2"] = "max",
     ) -> None:
         super().__init__()
         self.memory = check_choice("memory", memory, ("lean", "plain"))
@@ -97,7 +99,7 @@ class FeatureExtractor(nn.Module):
 
         trunk, self.weights_source, implied = build_trunk(self.spec, weights, progress=progress)
         deepest = max(self.spec.layer_names.index(name) for name in self.layers)
-        self.body = nn.Sequential(*_with_pooling(list(trunk.children())[: deepest + 1],
+        self.body = nn.Sequential(*replace_pooling(list(trunk.children())[: deepest + 1],
                                                  self.pooling))
         self.body.requires_grad_(False)
         self.body.eval()
@@ -109,7 +111,7 @@ class FeatureExtractor(nn.Module):
                                        channel_mode, resize)
         self.normalization = self.preprocess.normalization
         with torch.device("meta"):
-            meta_body = nn.Sequential(*_with_pooling(
+            meta_body = nn.Sequential(*replace_pooling(
                 list(self.spec.build_features().children())[: deepest + 1], self.pooling))
         meta_body.eval()  # batch norm in eval mode accepts 1x1 maps
         self.geometry = TrunkGeometry(list(meta_body), self._taps)
@@ -269,10 +271,3 @@ def _segments(modules: list[nn.Module], taps: list[int]
         start, i = keep[-1] + 1, i + 1
     return segments
 
-
-def _with_pooling(modules: list[nn.Module], pooling: str) -> list[nn.Module]:
-    """``modules`` with every max pooling replaced by average pooling of the same window."""
-    if pooling == "max":
-        return modules
-    return [nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode)
-            if isinstance(m, nn.MaxPool2d) else m for m in modules]

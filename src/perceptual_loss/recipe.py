@@ -29,6 +29,7 @@ from perceptual_loss._checks import (
     check_weight,
 )
 from perceptual_loss.backbones import get_backbone
+from perceptual_loss.backbones.pooling import POOLINGS
 from perceptual_loss.functional import CRITERIA, Ops
 from perceptual_loss.preprocess import NORMALIZATIONS, Normalization, as_size, get_normalization
 
@@ -49,7 +50,6 @@ __all__ = [
 #: The PyTorch article's layers: the ends of VGG16's first four blocks.
 DEFAULT_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 CHANNEL_MODES: tuple[str, ...] = ("repeat", "per_channel")
-POOLINGS: tuple[str, ...] = ("max", "avg")
 
 Tensor = Any  # a torch.Tensor or a Keras backend tensor
 
@@ -128,7 +128,8 @@ class Recipe:
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         check_values: Check inputs for NaN/Inf and range.
         charbonnier_eps: Smoothing constant of the Charbonnier distance.
-        pooling: ``"max"`` (the trained network) or ``"avg"`` (2x2 average pooling instead).
+        pooling: ``"max"`` (the trained network), ``"avg"`` (2x2 average pooling instead) or
+            ``"l2"`` (DISTS' Hanning L2 pooling).
     """
 
     backbone: str = "vgg16"

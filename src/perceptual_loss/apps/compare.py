@@ -8,7 +8,8 @@ For each pair this computes, on images in ``[0, 1]``:
   over channels), from ``pytorch_msssim``;
 - ``perceptual``: the :class:`~perceptual_loss.PerceptualLoss` value (each layer's distance a
   mean over its elements, summed over layers) and ``perceptual/<layer>`` per layer;
-- ``lpips``: the LPIPS distance of :mod:`perceptual_loss.metrics`, when asked for.
+- ``lpips``: the LPIPS distance of :mod:`perceptual_loss.metrics`, when asked for;
+- ``dists``: the DISTS distance of :mod:`perceptual_loss.dists`, when asked for.
 
 Folders are matched by file name without suffix (``a/img01.png`` pairs with ``b/img01.jpg``),
 read with a ``torch.utils.data.DataLoader``, and can be sharded over processes: launched with
@@ -33,6 +34,7 @@ from perceptual_loss.apps.image_metrics import SSIM_WINDOW, psnr_from_mse
 from perceptual_loss.apps.image_metrics import ssim as ssim_per_sample
 from perceptual_loss.apps.io import list_images, load_image
 from perceptual_loss.apps.runtime import progress_bar, setup_distributed
+from perceptual_loss.dists import DISTS
 from perceptual_loss.functional import import_ssim
 from perceptual_loss.losses import PerceptualLoss
 from perceptual_loss.metrics import LPIPS
@@ -56,7 +58,7 @@ __all__ = [
     "write_json",
 ]
 
-ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips")
+ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips", "dists")
 DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
 
 
@@ -170,6 +172,7 @@ class ImageScorer:
         self.device = torch.device(device)
         self.perceptual: torch.nn.Module | None = None
         self.lpips: torch.nn.Module | None = None
+        self.dists: DISTS | None = None
         self.layers: tuple[str, ...] = ()
         self.notes: list[str] = []
         if "ssim" in self.metrics:
@@ -186,6 +189,8 @@ class ImageScorer:
         if "lpips" in self.metrics:
             self.lpips, lpips_weights = self._lpips(lpips_net, weights, tile_size)
             self.lpips.to(self.device)
+        if "dists" in self.metrics:
+            self.dists = self._dists(weights).to(self.device)
         self.config: dict[str, Any] = {
             "metrics": list(self.metrics),
             "backbone": backbone if self.perceptual is not None else None,
@@ -197,6 +202,18 @@ class ImageScorer:
             "lpips_weights": lpips_weights,
             "notes": self.notes,
         }
+
+    def _dists(self, weights: str | os.PathLike[str] | None) -> DISTS:
+        """DISTS with ``weights`` on its VGG16 trunk where they fit, else ImageNet's."""
+        if is_random(weights):
+            return DISTS(weights=None)
+        if weights not in ("imagenet", None):
+            try:
+                return DISTS(weights=weights)
+            except (WeightsIntegrityError, ValueError) as error:
+                self.notes.append(f"dists uses the ImageNet weights of its vgg16 trunk: "
+                                  f"--weights {weights} does not fit it ({error})")
+        return DISTS(weights="imagenet")
 
     def _lpips(self, net: str, weights: str | os.PathLike[str] | None, tile_size: int | None
                ) -> tuple[LPIPS, str | None]:
@@ -274,6 +291,8 @@ class ImageScorer:
                 out[f"perceptual/{layer}"] = parts[f"content/{layer}"].double().cpu()
         if self.lpips is not None:
             out["lpips"] = self.lpips(image_b, image_a).double().cpu()
+        if self.dists is not None:
+            out["dists"] = self.dists(image_b, image_a).double().cpu()
         return {name: out[name] for name in self.value_names()}
 
 

@@ -64,7 +64,7 @@ def _windows(module: nn.Module) -> list[tuple[int, int, int, int]]:
         else:
             pad = first(module.padding)
         return [(first(module.kernel_size), first(module.stride), pad, first(module.dilation))]
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) or hasattr(module, "kernel_size"):
         dilation = first(getattr(module, "dilation", 1))
         stride = module.stride if module.stride is not None else module.kernel_size
         return [(first(module.kernel_size), first(stride), first(module.padding), dilation)]

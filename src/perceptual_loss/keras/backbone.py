@@ -153,9 +153,17 @@ def _keras_layer(module: nn.Module, layer_name: str) -> tuple[Any, list[np.ndarr
                 f"equivalent here, got {module}"
             )
         return keras.layers.MaxPooling2D(size, stride, padding="valid", name=layer_name), []
+    if isinstance(module, nn.AvgPool2d):
+        size = _pair(module.kernel_size)
+        stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        if _pair(module.padding) != (0, 0) or module.ceil_mode:
+            raise ValueError(f"layer {layer_name!r}: only unpadded, floor-mode average pooling "
+                             f"has a Keras equivalent here, got {module}")
+        return keras.layers.AveragePooling2D(size, stride, padding="valid", name=layer_name), []
     raise ValueError(
         f"layer {layer_name!r}: no Keras equivalent for {type(module).__name__} yet "
-        "(supported: Conv2d, BatchNorm2d, ReLU, MaxPool2d)"
+        "(supported: Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d; DISTS' L2 pooling is "
+        "torch only)"
     )
 
 
