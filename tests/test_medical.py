@@ -425,10 +425,15 @@ def test_resnet50_full_or_trunk_files_and_registry(tmp_path, one_thread):
     assert spec.url == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
     assert (spec.hash_algorithm, spec.hash_value, spec.file_format) == ("sha256", "0676ba61",
                                                                         "torch")
+    v2 = weights_module.get_weight_spec("resnet50/imagenet-v2")
+    assert (v2.url, v2.hash_value) == ("https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                                       "11ad3fa6")
     assert not any(k.startswith(("radimagenet", "medicalnet"))
                    for k in weights_module.list_weights())
     with pytest.raises(WeightsNotFoundError, match="resnet50-0676ba61.pth"):
         MedicalPerceptualLoss("resnet50")
+    with pytest.raises(WeightsNotFoundError, match="resnet50-11ad3fa6.pth"):
+        MedicalPerceptualLoss("resnet50", weights="imagenet-v2")
     # a file of the right name but the wrong content fails the registry's hash check
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True)

@@ -27,8 +27,10 @@ them a scalar for a batch of one); the target passes without autograd; inputs ar
 modified in place; ``reduction="none"`` and a ``min_input_size`` for the 2.5D
 :class:`~perceptual_loss.volumes.VolumePerceptualLoss`.
 
-Weights: ``"resnet50/imagenet"`` is torchvision's ``resnet50-0676ba61.pth`` (found in the
-torch hub cache or downloaded with its SHA-256 prefix checked). The RadImageNet and MedicalNet
+Weights: ``"resnet50/imagenet"`` is torchvision's ``resnet50-0676ba61.pth`` (IMAGENET1K_V1)
+and ``"resnet50/imagenet-v2"`` its ``resnet50-11ad3fa6.pth`` (IMAGENET1K_V2, torchvision's
+default and what MONAI's ``resnet50`` loads), found in the torch hub cache or downloaded with
+their SHA-256 prefix checked. The RadImageNet and MedicalNet
 files have no published hash, so they are never downloaded: put the file in
 ``$PERCEPTUAL_LOSS_WEIGHTS_DIR`` or the torch hub cache (where MONAI keeps it:
 ``<hub>/monai_checkpoints``), or pass its path.
@@ -48,7 +50,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +104,7 @@ class MedicalNetwork:
         published_at: Where the weights are published (for the not-found message).
         build_full: Builds the model whose keys a full published file has (with a head), or
             ``None`` if the file holds the trunk only.
+        other_weights: Further published weights, ``{name: registry key}``.
     """
 
     name: str
@@ -113,6 +116,7 @@ class MedicalNetwork:
     registry_key: str | None
     published_at: str
     build_full: Callable[[], nn.Module] | None = None
+    other_weights: Mapping[str, str] = field(default_factory=dict)
 
 
 MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
@@ -123,7 +127,8 @@ MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
         MedicalNetwork("resnet50", 2, resnet50, "imagenet", "imagenet",
                        ("resnet50-0676ba61.pth",), "resnet50/imagenet",
                        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-                       functools.partial(resnet50, 1000)),
+                       functools.partial(resnet50, 1000),
+                       {"imagenet-v2": "resnet50/imagenet-v2"}),
         MedicalNetwork("medicalnet_resnet10", 3, medicalnet_resnet10, "zscore", "medicalnet",
                        ("resnet_10.pth",), None, f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
         MedicalNetwork("medicalnet_resnet10_23datasets", 3, medicalnet_resnet10, "zscore",
@@ -142,18 +147,23 @@ MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
 }
 """The networks of :class:`MedicalPerceptualLoss`, by name."""
 
-if "resnet50/imagenet" not in _weights.list_weights():
-    _weights.register_weights(_weights.WeightSpec(
-        key="resnet50/imagenet",
-        backbone="resnet50",
-        filename="resnet50-0676ba61.pth",
-        url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        file_format="torch",
-        hash_algorithm="sha256",
-        hash_value="0676ba61",
-        normalization="imagenet",
-        license="BSD-3-Clause (torchvision); trained on ImageNet-1k, see its terms",
-    ))
+# torchvision's ResNet50 files; their names carry the SHA-256 prefix that torch hub checks.
+# IMAGENET1K_V1 is "imagenet"; IMAGENET1K_V2 (torchvision's DEFAULT, what MONAI's resnet50
+# loads) is "imagenet-v2".
+for _name, _file in (("imagenet", "resnet50-0676ba61.pth"),
+                     ("imagenet-v2", "resnet50-11ad3fa6.pth")):
+    if f"resnet50/{_name}" not in _weights.list_weights():
+        _weights.register_weights(_weights.WeightSpec(
+            key=f"resnet50/{_name}",
+            backbone="resnet50",
+            filename=_file,
+            url=f"https://download.pytorch.org/models/{_file}",
+            file_format="torch",
+            hash_algorithm="sha256",
+            hash_value=_file.rsplit("-", 1)[1].split(".")[0],
+            normalization="imagenet",
+            license="BSD-3-Clause (torchvision); trained on ImageNet-1k, see its terms",
+        ))
 
 
 def _network(name: object) -> MedicalNetwork:
@@ -176,6 +186,9 @@ def _weight_folders() -> list[Path]:
 def _resolve_weights(spec: MedicalNetwork, weights: str | os.PathLike[str]) -> Path:
     """The file ``weights`` names for ``spec``: its published file, a registry key or a path."""
     text = os.fspath(weights)
+    for name, key in spec.other_weights.items():
+        if text in (name, key):
+            return _weights.resolve_weight_file(key)
     known = {"pretrained", spec.weights_name, f"{spec.name}/{spec.weights_name}"}
     if text in known:
         if spec.registry_key is not None:
@@ -198,10 +211,11 @@ def _resolve_weights(spec: MedicalNetwork, weights: str | os.PathLike[str]) -> P
                          f"weights={spec.weights_name!r}, a file path or None")
     path = Path(text).expanduser()
     if not path.is_file():
+        names = ", ".join(repr(n) for n in ("pretrained", spec.weights_name, *spec.other_weights))
         raise _weights.WeightsNotFoundError(
             f"weights {text!r}: no such file, and not a weights name of {spec.name!r} (known: "
-            f"'pretrained', {spec.weights_name!r}). Pass an existing .pth path, a known name, "
-            "or weights=None for random weights."
+            f"{names}). Pass an existing .pth path, a known name, or weights=None for random "
+            "weights."
         )
     return path
 
@@ -339,6 +353,8 @@ def zscore_intensity(volume: torch.Tensor, mode: ZScore = "batch",
     Returns:
         float32 (float64 stays float64) tensor of ``volume``'s shape.
     """
+    if mode not in ("batch", "volume"):
+        raise ValueError(f"mode must be 'batch' or 'volume'; got {mode!r}")
     x = volume if volume.dtype == torch.float64 else volume.float()
     dims = tuple(range(x.ndim)) if mode == "batch" else tuple(range(2, x.ndim))
     mean = x.mean(dim=dims, keepdim=True)
@@ -366,9 +382,10 @@ class MedicalPerceptualLoss(nn.Module):
         network: ``"radimagenet_resnet50"``, ``"resnet50"`` (2D); ``"medicalnet_resnet10"``,
             ``"medicalnet_resnet10_23datasets"``, ``"medicalnet_resnet50"``,
             ``"medicalnet_resnet50_23datasets"`` (3D).
-        weights: ``"pretrained"`` (default) or the network's weights name: its published file
-            (see the module docstring for where it is looked for); a path to a ``.pth`` file;
-            ``None`` for random weights.
+        weights: ``"pretrained"`` (default) or the network's weights name (``"radimagenet"``,
+            ``"imagenet"``, ``"medicalnet"``): its published file (see the module docstring for
+            where it is looked for); ``"imagenet-v2"`` for ``"resnet50"``; a registry key; a
+            path to a ``.pth`` file; ``None`` for random weights.
         input_range: Declared ``(low, high)`` of the inputs, mapped to ``[0, 1]`` first.
         channel_wise: 3D only: one value per input channel, ``(..., C)``, as MONAI's
             ``channel_wise=True``.
