@@ -12,7 +12,9 @@ from torch import nn
 
 from perceptual_loss._checks import check_choice, check_image, check_input_range, check_values
 from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
+from perceptual_loss._weight_files import check_state, read_state_dict
 from perceptual_loss.backbones import BackboneSpec, get_backbone
+from perceptual_loss.backbones.custom import HookedTrunk, ModuleSpec
 from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
@@ -30,7 +32,12 @@ class FeatureExtractor(nn.Module):
     as ``conv5_4`` is never overwritten by the in-place ReLU that follows it.
 
     Args:
-        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``, ...).
+        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``, ...), or a
+            network of your own (any ``nn.Module``): its ``named_modules()`` names are the
+            layers, taps are taken by forward hooks and the forward stops after the last one;
+            it is frozen and put in eval mode in place (pass a copy to keep yours trainable).
+            ``weights`` then is ``None``/``"imagenet"`` (its own parameters) or a state-dict
+            file to load into it strictly.
         layers: Layers to return, by our names (``relu3_3``, ``conv5_4``, ``pool2``) or Keras
             aliases (``block3_conv3``). Order is kept; duplicates are dropped.
         weights: ``"imagenet"`` (the official torchvision file), another name the backbone
@@ -54,7 +61,8 @@ class FeatureExtractor(nn.Module):
             convolutions on CPU; values differ from NCHW by float rounding only).
         pooling: ``"max"`` (the trained network), ``"avg"``: 2x2 average pooling in place of
             every max pooling, same weights (Gatys et al. prefer it for style), or ``"l2"``:
-            DISTS' Hanning-window L2 pooling (:class:`~perceptual_loss.backbones.pooling.L2Pool2d`).
+            DISTS' Hanning-window L2 pooling
+            (:class:`~perceptual_loss.backbones.pooling.L2Pool2d`).
 
     Shape:
         - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
@@ -69,7 +77,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "vgg16",
+        backbone: str | nn.Module = "vgg16",
         layers: Sequence[str] = DEFAULT_LAYERS,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
@@ -89,40 +97,71 @@ class FeatureExtractor(nn.Module):
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         if isinstance(layers, str):
             layers = (layers,)
-        self.spec: BackboneSpec = get_backbone(backbone)
+        self.spec: BackboneSpec | ModuleSpec = (ModuleSpec.of(backbone)
+                                                if isinstance(backbone, nn.Module)
+                                                else get_backbone(backbone))
         canonical = list(dict.fromkeys(self.spec.canonical(name) for name in layers))
         if not canonical:
             raise ValueError("layers must name at least one layer; got an empty sequence")
         self.layers: tuple[str, ...] = tuple(canonical)
         self.input_range = check_input_range(input_range)
         self.check_values = check_values
-
-        trunk, self.weights_source, implied = build_trunk(self.spec, weights, progress=progress)
-        deepest = max(self.spec.layer_names.index(name) for name in self.layers)
-        self.body = nn.Sequential(*replace_pooling(list(trunk.children())[: deepest + 1],
-                                                 self.pooling))
-        self.body.requires_grad_(False)
-        self.body.eval()
-        self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}
-        self._segments = _segments(list(self.body), sorted(self._taps))
+        if isinstance(backbone, nn.Module):
+            implied = self._hook_module(backbone, weights)
+        else:
+            implied = self._cut_trunk(weights, progress)
         if self.channels_last:
             self.body.to(memory_format=torch.channels_last)
         self.preprocess = Preprocessor(normalization or implied, self.input_range,
                                        channel_mode, resize)
         self.normalization = self.preprocess.normalization
+        if self.preprocess.resize is not None and min(self.preprocess.resize) < self.min_input_size:
+            raise ValueError(
+                f"resize={self.preprocess.resize} is too small for layer {self.deepest_layer!r} "
+                f"of {self.spec.name}: it needs at least "
+                f"{self.min_input_size}x{self.min_input_size}"
+            )
+
+    def _cut_trunk(self, weights: str | os.PathLike[str] | None, progress: bool) -> str:
+        """Load a registered trunk, cut it after the deepest layer; return its normalisation."""
+        assert isinstance(self.spec, BackboneSpec)
+        trunk, self.weights_source, implied = build_trunk(self.spec, weights, progress=progress)
+        deepest = max(self.spec.layer_names.index(name) for name in self.layers)
+        self.body = nn.Sequential(*replace_pooling(list(trunk.children())[: deepest + 1],
+                                                   self.pooling))
+        self.body.requires_grad_(False)
+        self.body.eval()
+        self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}
+        self._segments = _segments(list(self.body), sorted(self._taps))
         with torch.device("meta"):
             meta_body = nn.Sequential(*replace_pooling(
                 list(self.spec.build_features().children())[: deepest + 1], self.pooling))
         meta_body.eval()  # batch norm in eval mode accepts 1x1 maps
-        self.geometry = TrunkGeometry(list(meta_body), self._taps)
+        self.geometry: TrunkGeometry | None = TrunkGeometry(list(meta_body), self._taps)
         self.min_input_size = self.geometry.min_input_size
         self.feature_info = {name: {"channels": tap.channels, "stride": tap.stride}
                              for name, tap in self.geometry.taps.items()}
-        if self.preprocess.resize is not None and min(self.preprocess.resize) < self.min_input_size:
-            raise ValueError(
-                f"resize={self.preprocess.resize} is too small for layer {self.deepest_layer!r} "
-                f"of {backbone}: it needs at least {self.min_input_size}x{self.min_input_size}"
-            )
+        return implied
+
+    def _hook_module(self, module: nn.Module, weights: str | os.PathLike[str] | None) -> str:
+        """Tap a user's module by hooks (see :mod:`perceptual_loss.backbones.custom`)."""
+        if self.pooling != "max":
+            raise ValueError("pooling= replaces the max pooling of the registered VGG trunks; "
+                             "change your own module's pooling yourself")
+        if weights not in (None, "imagenet"):
+            state = read_state_dict(os.fspath(weights))
+            check_state(module, state, weights, type(module).__name__)
+            module.load_state_dict(state, strict=True)
+            self.weights_source = os.fspath(weights)
+        else:
+            self.weights_source = f"the parameters of your {type(module).__name__}"
+        self.body = HookedTrunk(module, self.layers)
+        self._taps = dict(enumerate(self.layers))
+        self._segments = []
+        self.geometry = None
+        self.min_input_size = self.body.min_input_size
+        self.feature_info = self.body.feature_info
+        return "imagenet"
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
@@ -141,6 +180,11 @@ class FeatureExtractor(nn.Module):
                    resize=recipe.resize, normalization=recipe.normalization,
                    check_values=recipe.check_values, progress=progress, memory=memory,
                    channels_last=channels_last, pooling=recipe.pooling)  # type: ignore[arg-type]
+
+    @property
+    def backbone(self) -> str | nn.Module:
+        """The registered backbone's name, or your own module."""
+        return self.body.module if isinstance(self.body, HookedTrunk) else self.spec.name
 
     @property
     def deepest_layer(self) -> str:
@@ -176,7 +220,7 @@ class FeatureExtractor(nn.Module):
                 f"{self.min_input_size}x{self.min_input_size} pixels. Use shallower layers, "
                 "larger images, or resize=..."
             )
-        param = next(self.body.parameters())
+        param = next(self.body.parameters(), x)
         if x.device != param.device:
             raise ValueError(
                 f"{name} is on {x.device} but the backbone is on {param.device}; move the "
@@ -225,6 +269,9 @@ class FeatureExtractor(nn.Module):
         """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if isinstance(self.body, HookedTrunk):
+            yield from self.body.iter_features(x)
+            return
         trunk = list(self.body)  # read at call time: replicas (DataParallel) hold their own
         for start, plan, keep in self._segments:
             modules = trunk[start: start + keep[-1] + 1]

@@ -75,7 +75,10 @@ class PerceptualLoss(nn.Module):
     value of the widely used ``VGGPerceptualLoss`` recipe.
 
     Args:
-        backbone: Backbone name (``vgg16``, ``vgg19``, ``vgg16_bn``, ...).
+        backbone: Backbone name (``vgg16``, ``vgg19``, ``vgg16_bn``, ...), or your own
+            ``nn.Module`` (layers are then its ``named_modules()`` names, taps by forward
+            hooks; it is frozen and put in eval mode in place, see
+            :mod:`perceptual_loss.backbones.custom`).
         layers: Content layers (ours or Keras names); ``()`` for a pure style loss. ``None``:
             the extractor's layers when ``extractor`` is given, else :data:`DEFAULT_LAYERS`
             (relu1_2, relu2_2, relu3_3, relu4_3).
@@ -129,7 +132,7 @@ class PerceptualLoss(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "vgg16",
+        backbone: str | nn.Module = "vgg16",
         layers: Sequence[str] | None = None,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
@@ -149,7 +152,7 @@ class PerceptualLoss(nn.Module):
                 raise ValueError(f"{', '.join(clash)} belong to the extractor given with "
                                  "extractor=...; set them when building it")
             recipe = Recipe.create(
-                extractor.spec.name, extractor.layers if layers is None else layers, None,
+                extractor.backbone, extractor.layers if layers is None else layers, None,
                 input_range=extractor.input_range, channel_mode=extractor.channel_mode,
                 resize=extractor.preprocess.resize, normalization=extractor.normalization,
                 check_values=extractor.check_values, pooling=extractor.pooling, **options)

@@ -8,6 +8,7 @@ scaling), and optionally resize. Range mapping and normalisation are fused into 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -72,10 +73,25 @@ NORMALIZATIONS: dict[str, Normalization] = {
 }
 
 
-def get_normalization(name: str | Normalization) -> Normalization:
-    """Look up a normalisation by name (``imagenet``, ``caffe``, ``lpips``, ``none``)."""
+def get_normalization(name: str | Normalization | Sequence[Sequence[float]]) -> Normalization:
+    """A normalisation by name (``imagenet``, ``caffe``, ``lpips``, ``none``) or ``(mean, std)``.
+
+    ``(mean, std)`` are 3 numbers each, for RGB images in ``[0, 1]``; ``std`` must be
+    positive.
+    """
     if isinstance(name, Normalization):
         return name
+    if not isinstance(name, str):
+        try:
+            mean, std = (tuple(float(v) for v in part) for part in name)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"normalization must be a name ({', '.join(NORMALIZATIONS)}) or "
+                             f"(mean, std) with 3 numbers each; got {name!r}") from None
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not all(
+                math.isfinite(v) for v in mean + std):
+            raise ValueError(f"normalization (mean, std) needs 3 finite numbers each and std "
+                             f"> 0; got {name!r}")
+        return Normalization("custom", mean, std)  # type: ignore[arg-type]
     try:
         return NORMALIZATIONS[name]
     except KeyError:

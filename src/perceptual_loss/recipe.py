@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypedDict
 
+from torch import nn
+
 from perceptual_loss._checks import (
     check_choice,
     check_input_range,
@@ -29,6 +31,7 @@ from perceptual_loss._checks import (
     check_weight,
 )
 from perceptual_loss.backbones import get_backbone
+from perceptual_loss.backbones.custom import ModuleSpec
 from perceptual_loss.backbones.pooling import POOLINGS
 from perceptual_loss.functional import CRITERIA, Ops
 from perceptual_loss.preprocess import NORMALIZATIONS, Normalization, as_size, get_normalization
@@ -104,7 +107,7 @@ class Recipe:
     """Everything a perceptual loss computes, resolved and validated (build with :meth:`create`).
 
     Attributes:
-        backbone: Registered backbone name.
+        backbone: Registered backbone name, or your own ``nn.Module``.
         layers: Canonical content layers, in the order given.
         weights: ``None`` (random, explicit) or the weights as given: a name, a registry key
             or a path (as a string).
@@ -132,7 +135,7 @@ class Recipe:
             ``"l2"`` (DISTS' Hanning L2 pooling).
     """
 
-    backbone: str = "vgg16"
+    backbone: str | nn.Module = "vgg16"
     layers: tuple[str, ...] = DEFAULT_LAYERS
     weights: str | None = "imagenet"
     criterion: str = "l1"
@@ -160,7 +163,7 @@ class Recipe:
     @classmethod
     def create(
         cls,
-        backbone: str = "vgg16",
+        backbone: str | nn.Module = "vgg16",
         layers: Sequence[str] | None = None,
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
@@ -199,10 +202,16 @@ class Recipe:
             TypeError: An option of the wrong type.
         """
         if canonical is None:
-            if not isinstance(backbone, str):
-                raise TypeError(f"backbone must be a registered name such as 'vgg16'; got "
-                                f"{type(backbone).__name__}")
-            canonical = get_backbone(backbone).canonical
+            if isinstance(backbone, nn.Module):
+                if layers is None:
+                    raise ValueError("name the layers of your own backbone to compare, e.g. "
+                                     "layers=('layer1', 'layer2'): its named_modules() names")
+                canonical = ModuleSpec.of(backbone).canonical
+            elif isinstance(backbone, str):
+                canonical = get_backbone(backbone).canonical
+            else:
+                raise TypeError(f"backbone must be a registered name such as 'vgg16' or an "
+                                f"nn.Module; got {type(backbone).__name__}")
         content = _names(DEFAULT_LAYERS if layers is None else layers, "layers", canonical)
         style = _names(style_layers, "style_layers", canonical)
         criterion = _criterion("criterion", criterion)
@@ -216,7 +225,8 @@ class Recipe:
         if not isinstance(check_values, bool):
             raise TypeError(f"check_values must be True or False; got {check_values!r}")
         if normalization is not None and not isinstance(normalization, Normalization):
-            normalization = get_normalization(normalization).name
+            resolved = get_normalization(normalization)  # a name, or (mean, std)
+            normalization = resolved.name if resolved.name != "custom" else resolved
         recipe = cls(
             backbone=backbone,
             layers=content,
@@ -257,8 +267,12 @@ class Recipe:
         """JSON-friendly fields (lists for tuples), e.g. for Keras' ``get_config``.
 
         Raises:
-            TypeError: A :class:`Normalization` object instead of a name cannot be saved.
+            TypeError: A module backbone, or a :class:`Normalization` object instead of a name,
+                cannot be saved.
         """
+        if not isinstance(self.backbone, str):
+            raise TypeError("a loss on your own nn.Module backbone cannot be saved as a config; "
+                            "rebuild it in code")
         if isinstance(self.normalization, Normalization):
             if (self.normalization.name in NORMALIZATIONS
                     and NORMALIZATIONS[self.normalization.name] == self.normalization):
