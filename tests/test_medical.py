@@ -430,10 +430,11 @@ def test_resnet50_full_or_trunk_files_and_registry(tmp_path, one_thread):
                                        "11ad3fa6")
     assert not any(k.startswith(("radimagenet", "medicalnet"))
                    for k in weights_module.list_weights())
-    with pytest.raises(WeightsNotFoundError, match="resnet50-0676ba61.pth"):
-        MedicalPerceptualLoss("resnet50")
+    # the default is what MONAI's resnet50 loads: torchvision's IMAGENET1K_V2 file
     with pytest.raises(WeightsNotFoundError, match="resnet50-11ad3fa6.pth"):
-        MedicalPerceptualLoss("resnet50", weights="imagenet-v2")
+        MedicalPerceptualLoss("resnet50")
+    with pytest.raises(WeightsNotFoundError, match="resnet50-0676ba61.pth"):
+        MedicalPerceptualLoss("resnet50", weights="imagenet")
     # a file of the right name but the wrong content fails the registry's hash check
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     cache.mkdir(parents=True)

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "TotalVariationLoss": "perceptual_loss.losses",
     "DISTS": "perceptual_loss.dists",
     "LPIPS": "perceptual_loss.metrics",
+    "MedicalPerceptualLoss": "perceptual_loss.medical",
     "lpips_distance": "perceptual_loss.metrics",
     "NORMALIZATIONS": "perceptual_loss.preprocess",
     "Recipe": "perceptual_loss.recipe",
@@ -49,6 +50,7 @@ __all__ = [
     "DISTS",
     "FeatureExtractor",
     "LPIPS",
+    "MedicalPerceptualLoss",
     "NORMALIZATIONS",
     "Normalization",
     "PerceptualLoss",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
         total_variation,
     )
     from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss, perceptual_loss
+    from perceptual_loss.medical import MedicalPerceptualLoss
     from perceptual_loss.metrics import LPIPS, lpips_distance
     from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
     from perceptual_loss.recipe import Recipe

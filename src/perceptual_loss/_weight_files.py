@@ -191,9 +191,12 @@ def check_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: ob
 
 
 def check_shapes(expected: Mapping[str, tuple], got: Mapping[str, tuple], source: object,
-                 network: str) -> None:
-    """Compare key sets and shapes; raise one message with what does not fit."""
-    missing = sorted(set(expected) - set(got))
+                 network: str, optional: frozenset[str] | set[str] = frozenset()) -> None:
+    """Compare key sets and shapes; raise one message with what does not fit.
+
+    ``optional`` keys may be missing (e.g. batch norm counters absent from old files).
+    """
+    missing = sorted(set(expected) - set(got) - set(optional))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
     if not (missing or unexpected or wrong):

@@ -29,7 +29,8 @@ modified in place; ``reduction="none"`` and a ``min_input_size`` for the 2.5D
 
 Weights: ``"resnet50/imagenet"`` is torchvision's ``resnet50-0676ba61.pth`` (IMAGENET1K_V1)
 and ``"resnet50/imagenet-v2"`` its ``resnet50-11ad3fa6.pth`` (IMAGENET1K_V2, torchvision's
-default and what MONAI's ``resnet50`` loads), found in the torch hub cache or downloaded with
+default and what MONAI's ``resnet50`` loads, so the default here), found in the torch hub
+cache or downloaded with
 their SHA-256 prefix checked. The RadImageNet and MedicalNet
 files have no published hash, so they are never downloaded: put the file in
 ``$PERCEPTUAL_LOSS_WEIGHTS_DIR`` or the torch hub cache (where MONAI keeps it:
@@ -60,6 +61,7 @@ from torch import nn
 from perceptual_loss import weights as _weights
 from perceptual_loss._checks import check_input_range, check_pair
 from perceptual_loss._checks import check_values as _check_values
+from perceptual_loss._weight_files import check_shapes, check_tensor_values
 from perceptual_loss.backbones.medicalnet import medicalnet_resnet10, medicalnet_resnet50
 from perceptual_loss.backbones.resnet import radimagenet_resnet50, resnet50
 from perceptual_loss.functional import normalize_channels
@@ -124,11 +126,11 @@ MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
         MedicalNetwork("radimagenet_resnet50", 2, radimagenet_resnet50, "radimagenet",
                        "radimagenet", ("RadImageNet-ResNet50_notop.pth",), None,
                        f"{_HF_CHECKPOINTS} (RadImageNet-ResNet50_notop.pth)"),
-        MedicalNetwork("resnet50", 2, resnet50, "imagenet", "imagenet",
-                       ("resnet50-0676ba61.pth",), "resnet50/imagenet",
-                       "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        MedicalNetwork("resnet50", 2, resnet50, "imagenet", "imagenet-v2",
+                       ("resnet50-11ad3fa6.pth",), "resnet50/imagenet-v2",
+                       "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
                        functools.partial(resnet50, 1000),
-                       {"imagenet-v2": "resnet50/imagenet-v2"}),
+                       {"imagenet": "resnet50/imagenet"}),
         MedicalNetwork("medicalnet_resnet10", 3, medicalnet_resnet10, "zscore", "medicalnet",
                        ("resnet_10.pth",), None, f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
         MedicalNetwork("medicalnet_resnet10_23datasets", 3, medicalnet_resnet10, "zscore",
@@ -256,34 +258,9 @@ def load_network_state(network: nn.Module, name: str, path: str | os.PathLike[st
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     if spec.build_full is not None and not any(k in state for k in set(expected) - trunk_keys):
         optional |= set(expected) - trunk_keys  # a trunk-only file
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(k for k in expected if k not in got and k not in optional)
-    unexpected = sorted(k for k in got if k not in expected)
-    wrong = sorted(k for k in got if k in expected and got[k] != expected[k])
-    if missing or unexpected or wrong:
-        parts = [f"weights file {path} does not fit network {name!r}"]
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing[:5])}"
-                         + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-        if unexpected:
-            parts.append(f"unexpected keys: {', '.join(unexpected[:5])}"
-                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
-        if wrong:
-            parts.append("wrong shapes: " + ", ".join(
-                f"{k} {got[k]} (expected {expected[k]})" for k in wrong[:3]))
-        raise _weights.WeightsIntegrityError(
-            "; ".join(parts) + ". Is it the file of another network?")
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if not torch.is_floating_point(value):
-            raise _weights.WeightsIntegrityError(
-                f"weights file {path}: tensor {key!r} has dtype {value.dtype}, expected a "
-                "floating-point tensor; the file is corrupt or not a checkpoint of weights")
-        if not bool(torch.isfinite(value).all()):
-            raise _weights.WeightsIntegrityError(
-                f"weights file {path}: tensor {key!r} holds NaN or Inf values; the file is "
-                "corrupt (or saved from a diverged run)")
+    check_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, path, name,
+                 optional=optional)
+    check_tensor_values(state, path, {k: not k.endswith("num_batches_tracked") for k in state})
     own = network.state_dict()
     trunk_state = {k: state[k] if k in state else torch.zeros_like(own[k]) for k in own}
     network.load_state_dict(trunk_state, strict=True)
@@ -383,9 +360,9 @@ class MedicalPerceptualLoss(nn.Module):
             ``"medicalnet_resnet10_23datasets"``, ``"medicalnet_resnet50"``,
             ``"medicalnet_resnet50_23datasets"`` (3D).
         weights: ``"pretrained"`` (default) or the network's weights name (``"radimagenet"``,
-            ``"imagenet"``, ``"medicalnet"``): its published file (see the module docstring for
-            where it is looked for); ``"imagenet-v2"`` for ``"resnet50"``; a registry key; a
-            path to a ``.pth`` file; ``None`` for random weights.
+            ``"imagenet-v2"``, ``"medicalnet"``): its published file (see the module docstring
+            for where it is looked for); ``"imagenet"`` (IMAGENET1K_V1) for ``"resnet50"``; a
+            registry key; a path to a ``.pth`` file; ``None`` for random weights.
         input_range: Declared ``(low, high)`` of the inputs, mapped to ``[0, 1]`` first.
         channel_wise: 3D only: one value per input channel, ``(..., C)``, as MONAI's
             ``channel_wise=True``.
