@@ -12,7 +12,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,8 +20,6 @@ __all__ = [
     "WeightsNotFoundError",
     "check_state",
     "check_tensor_values",
-    "keras_to_state_dict",
-    "read_keras_h5",
     "read_state_dict",
 ]
 
@@ -72,78 +69,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"weights file {path} does not hold a state dict of tensors (got {type(obj).__name__})"
         )
     return dict(obj)
-
-
-def read_keras_h5(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
-    """Read the weights of a Keras HDF5 file, layer by layer.
-
-    Reads both the legacy format of the Keras Applications files (``layer_names`` and
-    ``weight_names`` attributes) and Keras 3's ``.weights.h5`` (``layers/<name>/vars/<i>``).
-
-    Returns:
-        ``{layer name: [kernel, bias, ...]}`` as stored by Keras (kernels ``(kh, kw, in, out)``).
-
-    Raises:
-        ImportError: h5py is not installed; the message says how to install it.
-        WeightsIntegrityError: The file cannot be read; the message names it.
-    """
-    try:
-        import h5py
-    except ImportError as err:
-        raise ImportError(
-            "reading Keras .h5 weights needs h5py: pip install \"perceptual-loss[keras-weights]\""
-        ) from err
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as h5:
-            root = h5["model_weights"] if "model_weights" in h5 else h5
-            layers: dict[str, list[np.ndarray]] = {}
-            if "layer_names" in root.attrs:
-                for raw in root.attrs["layer_names"]:
-                    name = raw.decode() if isinstance(raw, bytes) else str(raw)
-                    if name not in root:
-                        continue  # layers without weights may have no group
-                    group = root[name]
-                    names = [n.decode() if isinstance(n, bytes) else str(n)
-                             for n in group.attrs.get("weight_names", [])]
-                    if names:
-                        layers[name] = [np.asarray(group[n]) for n in names]
-            elif "layers" in root:
-                for name, group in root["layers"].items():
-                    if "vars" in group and len(group["vars"]):
-                        keys = sorted(group["vars"], key=int)
-                        layers[name] = [np.asarray(group["vars"][k]) for k in keys]
-    except (OSError, KeyError) as err:
-        raise WeightsIntegrityError(
-            f"cannot read Keras weights file {path}: {err}. It is corrupt or not HDF5."
-        ) from err
-    if not layers:
-        raise WeightsIntegrityError(f"Keras weights file {path} holds no layer weights")
-    return layers
-
-
-def keras_to_state_dict(layers: Mapping[str, list[np.ndarray]], layer_names: tuple[str, ...],
-                        aliases: Mapping[str, str], path: Path) -> dict[str, torch.Tensor]:
-    """Convert Keras VGG layer weights to a torchvision ``features`` state dict.
-
-    Keras ``block{b}_conv{i}`` (kernel ``(3, 3, in, out)``, bias) becomes the convolution
-    before our ``relu{b}_{i}``, kernel permuted to ``(out, in, 3, 3)``.
-    """
-    state: dict[str, torch.Tensor] = {}
-    for keras_name, ours in aliases.items():
-        if not ours.startswith("relu"):
-            continue
-        if keras_name not in layers:
-            raise WeightsIntegrityError(
-                f"Keras weights file {path} has no layer {keras_name!r}; it holds "
-                f"{', '.join(sorted(layers))}. Is it the file of another network?"
-            )
-        kernel, bias = layers[keras_name][:2]
-        conv_index = layer_names.index("conv" + ours[4:])
-        state[f"{conv_index}.weight"] = torch.from_numpy(
-            np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))).float()
-        state[f"{conv_index}.bias"] = torch.from_numpy(np.asarray(bias)).float()
-    return state
 
 
 def check_tensor_values(state: Mapping[str, torch.Tensor], source: object,

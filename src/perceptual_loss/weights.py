@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from perceptual_loss._keras_files import is_keras_file, keras_to_state_dict, read_keras_h5
 from perceptual_loss._registry import Registry
 from perceptual_loss._weight_files import (
     WeightsIntegrityError,
@@ -36,8 +37,6 @@ from perceptual_loss._weight_files import (
     check_shapes,
     check_state,
     check_tensor_values,
-    keras_to_state_dict,
-    read_keras_h5,
     read_state_dict,
 )
 from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
@@ -524,12 +523,13 @@ def load_weights_into(features: nn.Sequential, backbone: BackboneSpec,
     else:
         assert choice.path is not None
         path = choice.path
-        is_h5 = path.suffix.lower() in {".h5", ".hdf5", ".keras"}
+        is_h5 = is_keras_file(path)  # .h5, .weights.h5, .keras (or their content)
         file_format = "keras_h5" if is_h5 else "torch"
         normalization = "caffe" if is_h5 else "imagenet"
     if file_format == "keras_h5":
+        expected = {key: tuple(value.shape) for key, value in features.state_dict().items()}
         state = keras_to_state_dict(read_keras_h5(path), backbone.layer_names,
-                                    backbone.aliases, path)
+                                    backbone.aliases, path, expected, backbone.name)
     else:
         state = _features_state(read_state_dict(path), backbone, path)
     check_state(features, state, path, backbone.name)
