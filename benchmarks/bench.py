@@ -32,20 +32,43 @@ SIZES = [(4, 224), (8, 256), (1, 512)]
 # What each implementation is, for the table.
 DESCRIPTIONS = {
     "article": "the PyTorch article's VGGPerceptualLoss (4 slices, L1, no resize)",
-    "ours": "PerceptualLoss, defaults (lean trunk, NCHW)",
+    "ours": "PerceptualLoss() with its defaults: the device rule (on CPU channels_last, one "
+            "sample at a time through the lean trunk for a training step, whole batch without "
+            "gradient)",
+    "ours-nchw": "PerceptualLoss(channels_last=False, chunk_size=None): the lean trunk in NCHW "
+                 "on the whole batch (the defaults before the device rule)",
     "ours-cl": "PerceptualLoss, lean trunk, channels_last=True",
-    "ours-plain": "PerceptualLoss, memory='plain' (ordinary autograd)",
+    "ours-plain": "PerceptualLoss(memory='plain'): ordinary autograd, NCHW, whole batch (the "
+                  "exact choice)",
     "ours-bits": "PerceptualLoss, lean trunk with ReLU masks packed to bits",
     "ours-ckpt": "PerceptualLoss, plain autograd + activation checkpointing per block",
     "ours-compile": "torch.compile(PerceptualLoss()) (defaults), compiled in the warm-up call",
     "ours-chunk1": "PerceptualLoss(chunk_size=1): the backbone runs one sample at a time",
     "ours-chunk1-cl": "PerceptualLoss(chunk_size=1), channels_last=True",
-    "ours-lpips": "perceptual_loss.metrics.LPIPS(net='vgg') (relu1_2..relu5_3, heads)",
-    "ours-lpips-cl": "the same with the extractor's channels_last=True",
+    "ours-lpips": "perceptual_loss.LPIPS(net='vgg') with its defaults (relu1_2..relu5_3, heads)",
+    "ours-lpips-nchw": "the same with the extractor's channels_last=False",
+    "ours-dists": "perceptual_loss.DISTS() with its defaults",
     "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
     "lpips": "lpips.LPIPS(net='vgg'), relu1_2..relu5_3, heads",
     "dists": "DISTS_pytorch.DISTS (VGG16 with L2 pooling, relu1_2..relu5_3)",
 }
+
+
+def gpu_plan(peers: bool) -> list[dict]:
+    """The few configurations the GPU check times (it must finish in minutes)."""
+    configs = []
+    for batch, size in SIZES[:2]:
+        for style in (False, True):
+            for impl in ("article", "ours"):
+                configs.append({"impl": impl, "mode": "train", "batch": batch, "size": size,
+                                "style": style})
+    batch, size = SIZES[0]
+    for impl in ("ours", "piq", "ours-lpips", "lpips", "ours-dists", "dists"):
+        if impl in PEERS and not peers:
+            continue
+        configs.append({"impl": impl, "mode": "metric", "batch": batch, "size": size,
+                        "style": False})
+    return configs
 
 
 def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
@@ -65,28 +88,25 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     sizes = SIZES[:1] if quick else SIZES
     for batch, size in sizes:
         for style in ((False,) if quick else (False, True)):
-            for impl in ("article", "ours", "ours-cl"):
+            for impl in ("article", "ours", "ours-nchw"):
                 add(impl, "train", batch, size, style)
-            if batch > 1:
-                for impl in ("ours-chunk1", "ours-chunk1-cl"):
-                    add(impl, "train", batch, size, style)
-            for impl in ("ours", "ours-cl", "piq"):
+            for impl in ("ours", "piq"):
                 add(impl, "metric", batch, size, style)
     for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
-        for impl in ("ours-lpips", "ours-lpips-cl", "lpips"):
+        for impl in ("ours-lpips", "lpips"):
             add(impl, "metric", batch, size, False)
     batch, size = SIZES[0]
-    for impl in ("ours-plain", "ours-bits", "ours-ckpt", "piq"):
-        add(impl, "train", batch, size, False)
-    for impl in ("article", "dists"):
+    add("ours-plain", "train", batch, size, False)
+    for impl in ("article", "ours-dists", "dists"):
         add(impl, "metric", batch, size, False)
     if not quick:
-        add("ours-compile", "train", batch, size, False)
+        add("ours-lpips-nchw", "metric", batch, size, False)
+        add("ours-nchw", "metric", batch, size, False)
     return configs
 
 
-def run_worker(cfg: dict, timeout: float) -> dict:
-    python = str(VENV_PYTHON) if cfg.get("impl") in PEERS else sys.executable
+def run_worker(cfg: dict, timeout: float, peers_python: str | None = None) -> dict:
+    python = (peers_python or str(VENV_PYTHON)) if cfg.get("impl") in PEERS else sys.executable
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(HERE)])
     if cfg["phase"] == "memory":
@@ -152,25 +172,34 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU check's short plan, one process per configuration")
+    parser.add_argument("--peers-python", default=None,
+                        help="the Python that imports lpips/piq/DISTS_pytorch (default: "
+                             "benchmarks/.venv)")
     args = parser.parse_args()
 
-    peers = not args.no_peers and VENV_PYTHON.exists()
+    peers_python = args.peers_python
+    peers = not args.no_peers and (peers_python is not None or VENV_PYTHON.exists())
     if not args.no_peers and not peers:
         print(f"note: {VENV_PYTHON} missing, peers skipped (bash benchmarks/run.sh makes it)")
-    configs = plan(args.quick, peers, args.prototype)
+    configs = gpu_plan(peers) if args.gpu else plan(args.quick, peers, args.prototype)
     if args.only:
         wanted = set(args.only.split(","))
         configs = [c for c in configs if c["impl"] in wanted]
     common = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats}
     started = time.time()
     load_before = uptime()
-    calibration = run_worker({"phase": "calibrate", **common}, args.timeout)
+    calibration = run_worker({"phase": "calibrate", **common}, args.timeout, peers_python)
     print("conv throughput:", json.dumps(calibration.get("conv3x3_flops_per_s")), flush=True)
     results = []
     for i, cfg in enumerate(configs, 1):
         cfg = {**cfg, **common}
-        timed = run_worker({**cfg, "phase": "time"}, args.timeout)
-        memory = run_worker({**cfg, "phase": "memory"}, args.timeout)
+        if args.device.startswith("cuda"):
+            timed = memory = run_worker({**cfg, "phase": "both"}, args.timeout, peers_python)
+        else:
+            timed = run_worker({**cfg, "phase": "time"}, args.timeout, peers_python)
+            memory = run_worker({**cfg, "phase": "memory"}, args.timeout, peers_python)
         row = {**cfg, "median_s": timed.get("median_s"), "times": timed.get("times"),
                "peak_bytes": memory.get("peak_bytes"), "flops": memory.get("flops"),
                "error": timed.get("error") or memory.get("error")}
@@ -179,7 +208,7 @@ def main() -> None:
               f"{cfg['size']} style={cfg['style']}: {row['median_s']} s, "
               f"{(row['peak_bytes'] or 0) / 2**20:.0f} MiB, {row['error'] or ''}", flush=True)
     # Calibrate again at the end; the better figure is the machine's (the host is shared).
-    again = run_worker({"phase": "calibrate", **common}, args.timeout)
+    again = run_worker({"phase": "calibrate", **common}, args.timeout, peers_python)
     if again.get("best", 0) > calibration.get("best", 0):
         calibration = again
     report = {

@@ -63,7 +63,7 @@ def targets(report: dict) -> list[str]:
     rows = report["results"]
     by = {(r["impl"],) + _key(r): r for r in rows}
     present = {r["impl"] for r in rows}
-    columns = [c for c in ("ours", "ours-cl", "ours-chunk1", "ours-chunk1-cl") if c in present]
+    columns = [c for c in ("ours", "ours-nchw") if c in present]
     lines = ["| target | configuration | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for (mode, batch, size, style) in sorted({_key(r) for r in rows}):
@@ -81,19 +81,18 @@ def targets(report: dict) -> list[str]:
                     cells.append(_verdict(ratio, TARGETS[target] if target else 1.0))
                 lines.append(f"| {what} vs article | {label} | " + " | ".join(cells) + " |")
         if mode == "metric":
-            for ours, peers in (("ours", ("piq",)), ("ours-lpips", ("lpips",))):
+            for ours, peers in (("ours", ("piq",)), ("ours-lpips", ("lpips",)),
+                                ("ours-dists", ("dists",))):
                 times = [by[(p, mode, batch, size, style)]["median_s"] for p in peers
                          if (p, mode, batch, size, style) in by
                          and by[(p, mode, batch, size, style)].get("median_s")]
                 if not times:
                     continue
-                cells = []
-                for impl in (ours, ours + "-cl"):
-                    row = by.get((impl, mode, batch, size, style))
-                    cells.append(_verdict(_ratio(row.get("median_s") if row else None,
-                                                 min(times)), TARGETS["metric_time"]))
+                row = by.get((ours, mode, batch, size, style))
+                cells = [_verdict(_ratio(row.get("median_s") if row else None, min(times)),
+                                  TARGETS["metric_time"])]
                 cells += [""] * (len(columns) - len(cells))
-                lines.append(f"| metric time vs fastest of {'/'.join(peers)} ({ours}, {ours}-cl) "
+                lines.append(f"| metric time ({ours}) vs {'/'.join(peers)} "
                              f"| {label} | " + " | ".join(cells[:len(columns)]) + " |")
     return lines
 

@@ -56,14 +56,13 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------ impls
-def _ours(cfg: dict, chunk_size: int | None = None, **options) -> torch.nn.Module:
-    """This project's PerceptualLoss; ``options`` go to its FeatureExtractor."""
-    from perceptual_loss import FeatureExtractor, PerceptualLoss
+def _ours(cfg: dict, **options) -> torch.nn.Module:
+    """This project's PerceptualLoss with ``options`` (none: the defaults users get)."""
+    from perceptual_loss import PerceptualLoss
 
     style = CONTENT_LAYERS if cfg["style"] else ()
-    fx = FeatureExtractor("vgg16", layers=CONTENT_LAYERS, weights=None, resize=None, **options)
-    return PerceptualLoss(extractor=fx, layers=CONTENT_LAYERS, style_layers=style,
-                          chunk_size=chunk_size)
+    return PerceptualLoss("vgg16", layers=CONTENT_LAYERS, weights=None, style_layers=style,
+                          **options)
 
 
 def _ours_checkpointed(cfg: dict) -> torch.nn.Module:
@@ -129,7 +128,7 @@ def build(cfg: dict) -> torch.nn.Module:
     if impl == "ours-cl":
         return _ours(cfg, channels_last=True)
     if impl == "ours-nchw":
-        return _ours(cfg, channels_last=False)
+        return _ours(cfg, channels_last=False, chunk_size=None)
     if impl == "ours-bits":
         from perceptual_loss._lean import build_plan
 
@@ -151,13 +150,16 @@ def build(cfg: dict) -> torch.nn.Module:
         from perceptual_loss.metrics import LPIPS
 
         return LPIPS(net="vgg", weights=None)
-    if impl == "ours-lpips-cl":
+    if impl == "ours-lpips-nchw":
         from perceptual_loss.metrics import LPIPS
 
         metric = LPIPS(net="vgg", weights=None)
-        metric.extractor.channels_last = True  # the extractor option, set after construction
-        metric.extractor.body.to(memory_format=torch.channels_last)
+        metric.extractor.channels_last = False  # the extractor option, set after construction
         return metric
+    if impl == "ours-dists":
+        from perceptual_loss import DISTS
+
+        return DISTS(weights=None)
     return _peer(cfg)
 
 
@@ -234,7 +236,7 @@ def run(cfg: dict) -> dict:
             step()
         result["flops"] = counter.get_total_flops()
         return result
-    step()  # warm-up (allocator, oneDNN primitives, compilation)
+    step()  # warm-up (allocator, oneDNN/cuDNN primitives, layout of the weights, compilation)
     times = []
     for _ in range(int(cfg.get("repeats", 3))):
         t0 = time.perf_counter()
@@ -242,6 +244,14 @@ def run(cfg: dict) -> dict:
         times.append(time.perf_counter() - t0)
     result["times"] = times
     result["median_s"] = statistics.median(times)
+    if cfg["phase"] == "both" and device.type == "cuda":
+        # One process for both on CUDA: the allocator's own peak of a steady-state call.
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
     return result
 
 

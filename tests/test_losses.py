@@ -327,6 +327,7 @@ def test_functional_form_caches_its_module():
 
 def _saved_float_bytes(loss_fn, x, y):
     """Bytes of floating-point tensors autograd keeps for backward (parameters excluded)."""
+    loss_fn(x, y)  # the first call puts the trunk in the device's layout (channels_last on CPU)
     params = {p.data_ptr() for p in loss_fn.parameters()}
     saved = []
 

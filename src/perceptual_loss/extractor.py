@@ -17,6 +17,7 @@ from perceptual_loss.backbones import BackboneSpec, get_backbone
 from perceptual_loss.backbones.custom import HookedTrunk, ModuleSpec
 from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
+from perceptual_loss.execution import ChannelsLast, check_channels_last, choose_channels_last
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
 from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
 from perceptual_loss.weights import build_trunk
@@ -57,8 +58,10 @@ class FeatureExtractor(nn.Module):
             activations and int64 indices (see :mod:`perceptual_loss._lean`). Values are
             bit-identical to ``"plain"`` and gradients equal; ``"plain"`` is ordinary autograd,
             needed only for double backward (e.g. a gradient penalty through this loss).
-        channels_last: Run the backbone in ``torch.channels_last`` memory format (faster
-            convolutions on CPU; values differ from NCHW by float rounding only).
+        channels_last: Run the backbone in ``torch.channels_last`` memory format: ``"auto"``
+            (default) decides per device (on CPU and for fp16/bf16 autocast on CUDA; see
+            :mod:`perceptual_loss.execution`), ``True``/``False`` force it. Values differ
+            from NCHW by float rounding only.
         pooling: ``"max"`` (the trained network), ``"avg"``: 2x2 average pooling in place of
             every max pooling, same weights (Gatys et al. prefer it for style), or ``"l2"``:
             DISTS' Hanning-window L2 pooling
@@ -88,12 +91,13 @@ class FeatureExtractor(nn.Module):
         check_values: bool = True,
         progress: bool = True,
         memory: Literal["lean", "plain"] = "lean",
-        channels_last: bool = False,
+        channels_last: ChannelsLast = "auto",
         pooling: Literal["max", "avg", "l2"] = "max",
     ) -> None:
         super().__init__()
         self.memory = check_choice("memory", memory, ("lean", "plain"))
-        self.channels_last = bool(channels_last)
+        self.channels_last = check_channels_last(channels_last)
+        self._layout_channels_last = False  # the body's current parameter layout
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         if isinstance(layers, str):
             layers = (layers,)
@@ -110,8 +114,6 @@ class FeatureExtractor(nn.Module):
             implied = self._hook_module(backbone, weights)
         else:
             implied = self._cut_trunk(weights, progress)
-        if self.channels_last:
-            self.body.to(memory_format=torch.channels_last)
         self.preprocess = Preprocessor(normalization or implied, self.input_range,
                                        channel_mode, resize)
         self.normalization = self.preprocess.normalization
@@ -165,7 +167,8 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
-                    channels_last: bool = False, progress: bool = True) -> FeatureExtractor:
+                    channels_last: ChannelsLast = "auto", progress: bool = True
+                    ) -> FeatureExtractor:
         """The extractor a recipe needs: its backbone cut after its deepest layer.
 
         Args:
@@ -180,6 +183,15 @@ class FeatureExtractor(nn.Module):
                    resize=recipe.resize, normalization=recipe.normalization,
                    check_values=recipe.check_values, progress=progress, memory=memory,
                    channels_last=channels_last, pooling=recipe.pooling)  # type: ignore[arg-type]
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        """Whether the trunk runs channels-last on ``device`` now; converts it once if so."""
+        wanted = choose_channels_last(self.channels_last, device, plain=self.memory == "plain")
+        if wanted != self._layout_channels_last:
+            self.body.to(memory_format=torch.channels_last if wanted
+                         else torch.contiguous_format)
+            self._layout_channels_last = wanted
+        return wanted
 
     @property
     def backbone(self) -> str | nn.Module:
@@ -267,7 +279,7 @@ class FeatureExtractor(nn.Module):
         one segment's maps alive; :class:`~perceptual_loss.PerceptualLoss` computes each
         layer's distance this way. ``x`` is preprocessed ``(N, 3, H, W)`` input.
         """
-        if self.channels_last:
+        if self.use_channels_last(x.device):
             x = x.contiguous(memory_format=torch.channels_last)
         if isinstance(self.body, HookedTrunk):
             yield from self.body.iter_features(x)

@@ -22,9 +22,15 @@ from perceptual_loss._checks import (
     check_choice,
     check_image,
     check_pair,
-    check_positive_int,
     check_reduction,
     check_values,
+)
+from perceptual_loss.execution import (
+    ChannelsLast,
+    ChunkSize,
+    check_channels_last,
+    check_chunk_size,
+    choose_chunk_size,
 )
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import (
@@ -106,14 +112,19 @@ class PerceptualLoss(nn.Module):
         memory: ``"lean"`` (default): the frozen backbone keeps only what the input gradient
             needs (byte masks instead of float activations; same values and gradients).
             ``"plain"``: ordinary autograd, needed only for double backward.
-        channels_last: Run the backbone in channels-last memory format (faster convolutions
-            on CPU; values differ by float rounding only).
-        chunk_size: Run the backbone on at most this many samples at a time. Values and
-            gradients are unchanged; the peak memory of a training step falls with the chunk
-            (``chunk_size=1`` keeps about a third of the plain computation's activations),
-            at the cost of smaller convolutions (slower on a GPU).
-        pooling: ``"max"`` (default) or ``"avg"``: 2x2 average pooling in place of max
-            pooling in the VGG trunk, same weights (often preferred for style).
+        channels_last: Run the backbone in channels-last memory format. ``"auto"`` (default):
+            on CPU, and under fp16/bf16 autocast on CUDA (:mod:`perceptual_loss.execution`);
+            values differ from NCHW by float rounding only.
+        chunk_size: Run the backbone on at most this many samples at a time. ``"auto"``
+            (default): one sample at a time for a training step on CPU (faster there, and
+            about a third of the plain computation's activations), the whole batch on CUDA
+            and without gradient; ``None``: the whole batch. Values and gradients are those
+            of the whole batch up to float rounding. ``memory="plain"`` with the ``"auto"``
+            options is the plain computation itself (NCHW, whole batch): bit-identical
+            values, for users who need them.
+        pooling: ``"max"`` (default), ``"avg"``: 2x2 average pooling in place of max
+            pooling in the VGG trunk, same weights (often preferred for style), or ``"l2"``
+            (DISTS' Hanning L2 pooling).
         extractor: Reuse this prebuilt extractor instead of building one (its backbone,
             range, channel mode, resize, normalisation and value checks then apply).
 
@@ -137,8 +148,8 @@ class PerceptualLoss(nn.Module):
         weights: str | os.PathLike[str] | None = "imagenet",
         *,
         memory: Literal["lean", "plain"] = "lean",
-        channels_last: bool = False,
-        chunk_size: int | None = None,
+        channels_last: ChannelsLast = "auto",
+        chunk_size: ChunkSize = "auto",
         extractor: FeatureExtractor | None = None,
         **options: Unpack[RecipeOptions],
     ) -> None:
@@ -163,7 +174,7 @@ class PerceptualLoss(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
-                    channels_last: bool = False, chunk_size: int | None = None,
+                    channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
                     extractor: FeatureExtractor | None = None) -> PerceptualLoss:
         """Build the loss a :class:`~perceptual_loss.recipe.Recipe` describes.
 
@@ -179,10 +190,10 @@ class PerceptualLoss(nn.Module):
                     extractor=extractor)
         return self
 
-    def _setup(self, recipe: Recipe, *, memory: str, channels_last: bool,
-               chunk_size: int | None, extractor: FeatureExtractor | None) -> None:
+    def _setup(self, recipe: Recipe, *, memory: str, channels_last: ChannelsLast,
+               chunk_size: ChunkSize, extractor: FeatureExtractor | None) -> None:
         nn.Module.__init__(self)
-        self.chunk_size = check_positive_int("chunk_size", chunk_size, allow_none=True)
+        self.chunk_size = check_chunk_size(chunk_size)
         check_choice("memory", memory, ("lean", "plain"))
         if extractor is None and recipe.feature_layers:
             extractor = FeatureExtractor.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
@@ -340,7 +351,11 @@ class PerceptualLoss(nn.Module):
                        ) -> dict[str, torch.Tensor]:
         """Content and style terms, the batch run in chunks of ``chunk_size`` samples."""
         n = prediction.shape[0]
-        chunk = self.chunk_size or n
+        assert self.extractor is not None
+        needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or (
+            target is not None and target.requires_grad))
+        chunk = choose_chunk_size(self.chunk_size, prediction.device, needs_grad=needs_grad,
+                                  plain=self.extractor.memory == "plain") or n
         parts = [self._chunk_terms(prediction, target, slice(first, min(first + chunk, n)))
                  for first in range(0, n, chunk)]
         if len(parts) == 1:
@@ -427,8 +442,8 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
                     extractor: FeatureExtractor | None = None, backbone: str = "vgg16",
                     layers: Sequence[str] | None = None,
                     weights: str | os.PathLike[str] | None = "imagenet",
-                    memory: Literal["lean", "plain"] = "lean", channels_last: bool = False,
-                    chunk_size: int | None = None,
+                    memory: Literal["lean", "plain"] = "lean",
+                    channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
                     **options: Unpack[RecipeOptions]) -> torch.Tensor:
     """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
 
@@ -462,15 +477,15 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
         loss_fn = PerceptualLoss(extractor=extractor, layers=layers, **options)
     else:
         recipe = Recipe.create(backbone, layers, weights, **options)
-        check_positive_int("chunk_size", chunk_size, allow_none=True)
         loss_fn = _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
-                               bool(channels_last), chunk_size, str(prediction.device),
+                               check_channels_last(channels_last),
+                               check_chunk_size(chunk_size), str(prediction.device),
                                prediction.dtype)
     return loss_fn(prediction, target)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_loss(recipe: Recipe, memory: str, channels_last: bool, chunk_size: int | None,
+def _cached_loss(recipe: Recipe, memory: str, channels_last: ChannelsLast, chunk_size: ChunkSize,
                  device: str, dtype: torch.dtype) -> PerceptualLoss:
     loss_fn = PerceptualLoss.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
                                          channels_last=channels_last, chunk_size=chunk_size)

@@ -1,0 +1,63 @@
+"""The device rule: what "auto" chooses, and that the defaults compute the plain values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perceptual_loss import DISTS, LPIPS, PerceptualLoss
+from perceptual_loss.execution import choose_channels_last, choose_chunk_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_the_rule_as_documented():
+    assert choose_channels_last("auto", CPU) is True
+    assert choose_channels_last("auto", CUDA) is False  # fp32, no autocast
+    assert choose_channels_last("auto", CPU, plain=True) is False
+    assert choose_channels_last(False, CPU) is False and choose_channels_last(True, CUDA)
+    assert choose_chunk_size("auto", CPU, needs_grad=True) == 1
+    assert choose_chunk_size("auto", CPU, needs_grad=False) is None
+    assert choose_chunk_size("auto", CUDA, needs_grad=True) is None
+    assert choose_chunk_size("auto", CPU, needs_grad=True, plain=True) is None
+    assert choose_chunk_size(3, CUDA, needs_grad=True) == 3
+
+
+@pytest.mark.parametrize("style", [False, True])
+def test_defaults_stay_within_float32_rounding_of_the_plain_computation(style):
+    options = {"backbone": "vgg11", "layers": ("relu1_1", "relu2_1", "relu3_2"),
+               "weights": None, "style_layers": ("relu2_1",) if style else (),
+               "reduction": "none"}
+    torch.manual_seed(0)
+    default = PerceptualLoss(**options)
+    exact = PerceptualLoss(**options, memory="plain")
+    exact.load_state_dict(default.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, 28, 28, generator=gen)
+    y = torch.rand(3, 3, 28, 28, generator=gen)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    value, plain = default(xa, y), exact(xb, y)
+    torch.testing.assert_close(value, plain, rtol=1e-5, atol=1e-7)
+    value.sum().backward()
+    plain.sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5 * xb.grad.abs().max())
+    # the default chose channels_last on this CPU; the exact loss stayed NCHW
+    assert default.extractor._layout_channels_last and not exact.extractor._layout_channels_last
+
+
+def test_the_metrics_follow_the_rule_and_keep_their_values():
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(2, 3, 40, 40, generator=gen), torch.rand(2, 3, 40, 40, generator=gen)
+    for build in (lambda **o: LPIPS("squeeze", weights=None, **o),
+                  lambda **o: DISTS(weights=None, **o)):
+        torch.manual_seed(0)
+        metric = build()
+        torch.manual_seed(0)
+        exact = build(memory="plain") if isinstance(metric, DISTS) else build()
+        if not isinstance(metric, DISTS):
+            exact.extractor.channels_last = False
+        with torch.no_grad():
+            torch.testing.assert_close(metric(x, y), exact(x, y), rtol=1e-5, atol=1e-6)
+        assert metric.extractor._layout_channels_last
