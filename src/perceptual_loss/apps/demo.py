@@ -384,17 +384,38 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines
 
 
+def _busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes keep busy now (``/proc/stat`` over ``seconds``)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            values = [int(v) for v in handle.readline().split()[1:9]]
+        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
+
+    try:
+        total_0, idle_0 = sample()
+        time.sleep(seconds)
+        total_1, idle_1 = sample()
+        with open("/proc/stat", encoding="ascii") as handle:
+            cpus = sum(1 for line in handle if line.startswith("cpu") and line[3].isdigit())
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
+    if total_1 <= total_0:
+        return None
+    return cpus * (1.0 - (idle_1 - idle_0) / (total_1 - total_0))
+
+
 def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     """How many threads torch should use on the CPU, and why.
 
-    Torch starts one thread per core. When other processes keep cores busy, those threads
-    wait for each other at every operation (each waits for the slowest, which shares its
-    core), and the run gets slower than with fewer threads. So, unless a number is asked
-    for, this takes the cores this process may run on minus the 1-minute load average
-    (rounded, at least 1).
+    Torch starts one thread per core, and its threads wait for each other (spinning) at every
+    operation. When other processes keep a core busy, the thread that shares it falls behind
+    and the others spin: on 2 cores beside busy processes the demo took 390 s with 2 threads
+    and 78 s with 1. So, unless a number is asked for, this takes the cores
+    this process may run on minus the cores busy right now (measured over one second; the
+    1-minute load average where that cannot be read), at least 1.
 
     Args:
-        requested: A number of threads, or ``None`` to choose from the load.
+        requested: A number of threads, or ``None`` to choose from the idle cores.
 
     Returns:
         ``(threads, reason)``, the reason for the terminal.
@@ -409,12 +430,14 @@ def cpu_threads(requested: int | None = None) -> tuple[int, str]:
         if requested < 1:
             raise ValueError(f"threads must be >= 1, got {requested}")
         return requested, f"{requested} asked for, {cores} cores"
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this system
-        return min(torch.get_num_threads(), cores), f"{cores} cores"
-    threads = max(1, min(cores, round(cores - load)))
-    return threads, f"{cores} cores, load average {load:.1f}; --threads to choose"
+    busy, what = _busy_cores(), "busy now"
+    if busy is None:
+        try:
+            busy, what = os.getloadavg()[0], "load average"
+        except (AttributeError, OSError):  # neither: keep torch's choice
+            return min(torch.get_num_threads(), cores), f"{cores} cores"
+    threads = max(1, min(cores, math.floor(cores - busy + 0.5)))
+    return threads, f"{cores} cores, {busy:.1f} {what}; --threads to choose"
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
