@@ -22,6 +22,7 @@ __all__ = [
     "Criterion",
     "Reduction",
     "feature_distance",
+    "feature_distance_map",
     "gram_matrix",
     "import_ssim",
     "match_batch",
@@ -148,6 +149,25 @@ class _MeanAbsolutePerSample(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_target = (-grad_diff).sum_to_size(ctx.shapes[1]).to(ctx.dtypes[1])
         return grad_prediction, grad_target
+
+
+def feature_distance_map(prediction: torch.Tensor, target: torch.Tensor,
+                         criterion: Criterion = "l1", *, eps: float = 1e-3) -> torch.Tensor:
+    """Elementwise distance summed over channels: a map ``(N, 1, H, W)`` in float32.
+
+    ``map.sum((1, 2, 3)) / (C * H * W)`` is :func:`feature_distance`; maps of tiles can be
+    stitched into the map of a whole image (:mod:`perceptual_loss.tiling`).
+    """
+    diff = _float32(prediction) - _float32(target)
+    if criterion == "l1":
+        per_element = diff.abs()
+    elif criterion in ("mse", "l2"):
+        per_element = diff.square()
+    elif criterion == "charbonnier":
+        per_element = torch.sqrt(diff.square() + eps * eps)
+    else:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    return per_element.sum(dim=1, keepdim=True)
 
 
 def total_variation(images: torch.Tensor, kind: Literal["l1", "l2"] = "l1") -> torch.Tensor:

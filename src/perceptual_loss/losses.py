@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -22,6 +22,7 @@ from perceptual_loss._checks import (
     check_choice,
     check_image,
     check_pair,
+    check_positive_int,
     check_reduction,
     check_values,
 )
@@ -35,6 +36,7 @@ from perceptual_loss.execution import (
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import (
     TORCH_OPS,
+    feature_distance_map,
     gram_matrix,
     import_ssim,
     reduce,
@@ -47,6 +49,7 @@ from perceptual_loss.recipe import (
     feature_terms,
     pixel_terms,
 )
+from perceptual_loss.tiling import Tiler
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -122,6 +125,11 @@ class PerceptualLoss(nn.Module):
             of the whole batch up to float rounding. ``memory="plain"`` with the ``"auto"``
             options is the plain computation itself (NCHW, whole batch): bit-identical
             values, for users who need them.
+        tile_size: Evaluate images larger than this many pixels a side in overlapping tiles
+            (bounded memory for large images; content terms only, see
+            :mod:`perceptual_loss.tiling`). ``None``: whole images.
+        tile_overlap: Context of each tile; ``None``: the deepest layer's receptive margin,
+            which makes the tiled value equal the whole-image value up to float rounding.
         pooling: ``"max"`` (default), ``"avg"``: 2x2 average pooling in place of max
             pooling in the VGG trunk, same weights (often preferred for style), or ``"l2"``
             (DISTS' Hanning L2 pooling).
@@ -150,6 +158,8 @@ class PerceptualLoss(nn.Module):
         memory: Literal["lean", "plain"] = "lean",
         channels_last: ChannelsLast = "auto",
         chunk_size: ChunkSize = "auto",
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
         extractor: FeatureExtractor | None = None,
         **options: Unpack[RecipeOptions],
     ) -> None:
@@ -171,10 +181,12 @@ class PerceptualLoss(nn.Module):
             recipe = Recipe.create(backbone, layers, weights, **options)
         self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
                     extractor=extractor)
+        self._set_tiles(tile_size, tile_overlap)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
                     channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
+                    tile_size: int | None = None, tile_overlap: int | None = None,
                     extractor: FeatureExtractor | None = None) -> PerceptualLoss:
         """Build the loss a :class:`~perceptual_loss.recipe.Recipe` describes.
 
@@ -183,12 +195,31 @@ class PerceptualLoss(nn.Module):
             memory: See the class docstring.
             channels_last: See the class docstring.
             chunk_size: See the class docstring.
+            tile_size: See the class docstring.
+            tile_overlap: See the class docstring.
             extractor: Reuse this extractor (it must compute the recipe's layers).
         """
         self = cls.__new__(cls)
         self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
                     extractor=extractor)
+        self._set_tiles(tile_size, tile_overlap)
         return self
+
+    def _set_tiles(self, tile_size: int | None, tile_overlap: int | None) -> None:
+        self.tiler: Tiler | None = None
+        #: Called after each tile (e.g. a progress bar's ``update``); ``None``: nothing.
+        self.tile_callback: Callable[[], None] | None = None
+        if tile_size is None:
+            check_positive_int("tile_overlap", tile_overlap, allow_none=True, minimum=0)
+            return
+        if self.recipe.style_layers:
+            raise ValueError("tile_size= evaluates content layers tile by tile; Gram matrices "
+                             "(style_layers) need whole maps: drop one of the two")
+        fx = self.extractor
+        if fx is None or fx.geometry is None:
+            raise ValueError("tile_size= needs feature layers of a registered backbone")
+        self.tiler = Tiler(fx.geometry, self.recipe.layers, tile_size, tile_overlap,
+                           name=fx.spec.name)
 
     def _setup(self, recipe: Recipe, *, memory: str, channels_last: ChannelsLast,
                chunk_size: ChunkSize, extractor: FeatureExtractor | None) -> None:
@@ -305,7 +336,10 @@ class PerceptualLoss(nn.Module):
         """
         target_image = self._validated_target(prediction, target)
         terms: dict[str, torch.Tensor] = {}
-        if self.extractor is not None:
+        height, width = prediction.shape[-2:]
+        if self.tiler is not None and self.tiler.needed(height, width):
+            terms.update(self._tiled_terms(prediction, target_image))
+        elif self.extractor is not None:
             terms.update(self._feature_terms(prediction, target))
         if self.recipe.has_pixel_terms:
             terms.update(pixel_terms(self.recipe, prediction, target_image, TORCH_OPS))
@@ -346,6 +380,38 @@ class PerceptualLoss(nn.Module):
                 f"sample) or exactly {batch} of the same size with set_target()"
             )
         return cached
+
+    def _tiled_terms(self, prediction: torch.Tensor, target: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Content terms of a large image, from maps stitched tile by tile."""
+        assert self.tiler is not None and self.extractor is not None
+        fx, recipe = self.extractor, self.recipe
+        target = target.expand_as(prediction)
+        channels: dict[str, int] = {}
+
+        def tile_maps(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
+            maps: dict[str, torch.Tensor] = {}
+            for (layer, p), (_, t) in zip(fx.stream(a, "prediction", check=False),
+                                          fx.stream(b, "target", check=False), strict=True):
+                if recipe.normalize_features:
+                    p, t = TORCH_OPS.normalize(p), TORCH_OPS.normalize(t)
+                maps[layer] = feature_distance_map(p, t, recipe.criterion,
+                                                   eps=recipe.charbonnier_eps)
+                channels[layer] = p.shape[1]
+                del p, t
+            return [maps[layer] for layer in recipe.layers]
+
+        n = prediction.shape[0]
+        batch = n * (prediction.shape[1] if recipe.channel_mode == "per_channel" else 1)
+        maps = self.tiler.maps(prediction, target, tile_maps, batch, self.tile_callback)
+        weights = dict(zip(recipe.layers, recipe.layer_weights, strict=True))
+        terms = {}
+        for layer, layer_map in zip(recipe.layers, maps, strict=True):
+            distance = layer_map.sum(dim=(1, 2, 3)) / (channels[layer] * layer_map.shape[-2]
+                                                       * layer_map.shape[-1])
+            terms[f"content/{layer}"] = (recipe.feature_weight * weights[layer]
+                                         * TORCH_OPS.per_image(distance, n))
+        return terms
 
     def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None
                        ) -> dict[str, torch.Tensor]:

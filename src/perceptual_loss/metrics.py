@@ -30,29 +30,28 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from perceptual_loss._checks import (
     Reduction,
     check_image,
     check_input_range,
     check_pair,
-    check_positive_int,
     check_reduction,
 )
 from perceptual_loss._weight_files import check_tensor_values
 from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
-from perceptual_loss.backbones.geometry import round_up
 from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import normalize_channels, reduce
 from perceptual_loss.preprocess import ChannelMode
+from perceptual_loss.tiling import Tiler
 
 __all__ = [
     "LPIPS",
@@ -169,28 +168,6 @@ def load_lpips_heads(net: str, version: str = "0.1",
     return heads
 
 
-def _core_bounds(length: int, tile: int, margin: int, align: int, min_size: int
-                 ) -> list[tuple[int, int]]:
-    """Split ``[0, length)`` into cores whose tiles (core plus ``margin``) fit in ``tile``.
-
-    Core boundaries are multiples of ``align`` so that every tile's feature grid lines up with
-    the whole image's. A last tile smaller than ``min_size`` is merged into the one before.
-    """
-    if length <= tile:
-        return [(0, length)]
-    first = (tile - margin) // align * align
-    step = (tile - 2 * margin) // align * align
-    bounds = [(0, first)]
-    start = first
-    while length - start > tile - margin:
-        bounds.append((start, start + step))
-        start += step
-    if length - start + margin < min_size:
-        start = bounds.pop()[0]
-    bounds.append((start, length))
-    return bounds
-
-
 class LPIPS(nn.Module):
     """LPIPS-compatible perceptual distance, usable as a metric and as a loss.
 
@@ -289,48 +266,14 @@ class LPIPS(nn.Module):
         for index, weight in enumerate(weights_per_layer):
             self.register_buffer(f"head{index}", weight.view(1, -1, 1, 1), persistent=False)
 
-        self.geometry = self.extractor.geometry
-        taps = [self.geometry.taps[name] for name in self.net.layers]
-        self._strides = tuple(tap.stride for tap in taps)
-        self._align = max(self._strides)
-        self.receptive_margin = round_up(taps[-1].margin, self._align)
-        self.min_tile_overlap = self._smallest_overlap()
-        self.tile_size, self.tile_overlap = self._check_tiling(tile_size, tile_overlap)
-
-    def _smallest_overlap(self) -> int:
-        """Smallest overlap at which every tile still yields all its core's feature pixels.
-
-        Without padding on the right, a convolution or pooling drops the last output pixels
-        of a tile; the overlap must cover them. Sizes grow by ``align / stride`` per ``align``
-        pixels, so one core size decides for all.
-        """
-        core = 4 * self._align
-        for overlap in range(0, self.receptive_margin + 1, self._align):
-            interior = self._map_sizes(core + 2 * overlap, core + 2 * overlap)
-            first = self._map_sizes(core + overlap, core + overlap)
-            if all(size_i[0] >= (core + overlap) // stride and size_f[0] >= core // stride
-                   for size_i, size_f, stride in zip(interior, first, self._strides,
-                                                     strict=True)):
-                return overlap
-        return self.receptive_margin
-
-    def _check_tiling(self, tile_size: int | None, tile_overlap: int | None
-                      ) -> tuple[int | None, int]:
-        check_positive_int("tile_overlap", tile_overlap, allow_none=True, minimum=0)
-        overlap = (self.receptive_margin if tile_overlap is None
-                   else max(self.min_tile_overlap, round_up(tile_overlap, self._align)))
-        if tile_size is None:
-            return None, overlap
-        if not isinstance(tile_size, int) or isinstance(tile_size, bool):
-            raise TypeError(f"tile_size must be None or an int; got {type(tile_size).__name__}")
-        smallest = 2 * overlap + self._align
-        if tile_size < max(smallest, self.min_input_size):
-            raise ValueError(
-                f"tile_size={tile_size} is too small for tile_overlap={overlap} on "
-                f"{self.net.backbone}: tiles need at least 2 * overlap + {self._align} = "
-                f"{smallest} pixels. Use a larger tile_size or a smaller tile_overlap."
-            )
-        return tile_size, overlap
+        assert self.extractor.geometry is not None
+        self.tiler = Tiler(self.extractor.geometry, self.net.layers, tile_size, tile_overlap,
+                           name=self.net.backbone)
+        self.tile_size, self.tile_overlap = self.tiler.tile_size, self.tiler.overlap
+        #: Called after each tile (e.g. a progress bar's ``update``); ``None``: nothing.
+        self.tile_callback: Callable[[], None] | None = None
+        self.receptive_margin = self.tiler.receptive_margin
+        self.min_tile_overlap = self.tiler.min_overlap
 
     @property
     def min_input_size(self) -> int:
@@ -390,43 +333,9 @@ class LPIPS(nn.Module):
     def _layer_maps(self, prediction: torch.Tensor, target: torch.Tensor
                     ) -> list[torch.Tensor]:
         """Per-layer distance maps ``(N', 1, H_l, W_l)`` in float32, whole or tiled."""
-        height, width = prediction.shape[-2:]
-        if self.tile_size is None or (height <= self.tile_size and width <= self.tile_size):
-            return self._tile_maps(prediction, target)
-        rows = _core_bounds(height, self.tile_size, self.tile_overlap, self._align,
-                           self.min_input_size)
-        cols = _core_bounds(width, self.tile_size, self.tile_overlap, self._align,
-                           self.min_input_size)
-        sizes = self._map_sizes(height, width)
         batch = prediction.shape[0] * (prediction.shape[1] if
                                        self.extractor.channel_mode == "per_channel" else 1)
-        dtype = torch.float64 if prediction.dtype == torch.float64 else torch.float32
-        maps = [prediction.new_zeros((batch, 1, h, w), dtype=dtype) for h, w in sizes]
-        use_checkpoint = torch.is_grad_enabled() and (prediction.requires_grad or
-                                                       target.requires_grad)
-        for row0, row1 in rows:
-            top, bottom = max(0, row0 - self.tile_overlap), min(height, row1 + self.tile_overlap)
-            for col0, col1 in cols:
-                left, right = max(0, col0 - self.tile_overlap), min(width,
-                                                                     col1 + self.tile_overlap)
-                tile_a = prediction[..., top:bottom, left:right]
-                tile_b = target[..., top:bottom, left:right]
-                if use_checkpoint:
-                    tile_maps = checkpoint(self._tile_maps, tile_a, tile_b, use_reentrant=False)
-                else:
-                    tile_maps = self._tile_maps(tile_a, tile_b)
-                for whole, part, stride, (h, w) in zip(maps, tile_maps, self._strides, sizes,
-                                                       strict=True):
-                    r0, c0 = row0 // stride, col0 // stride
-                    r1 = h if row1 == height else row1 // stride
-                    c1 = w if col1 == width else col1 // stride
-                    whole[:, :, r0:r1, c0:c1] = part[:, :, r0 - top // stride:r1 - top // stride,
-                                                     c0 - left // stride:c1 - left // stride]
-        return maps
-
-    def _map_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Sizes of the tapped feature maps for a ``height`` x ``width`` image."""
-        return self.geometry.map_sizes(height, width)
+        return self.tiler.maps(prediction, target, self._tile_maps, batch, self.tile_callback)
 
     def _tile_maps(self, prediction: torch.Tensor, target: torch.Tensor
                    ) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ and writes the files once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips", "dists")
+#: Images larger than this (pixels a side) are scored in overlapping tiles by default.
+AUTO_TILE_SIZE = 512
 DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
 
 
@@ -151,8 +154,11 @@ class ImageScorer:
         criterion: Feature distance of the perceptual term: ``"l1"`` or ``"mse"``.
         resize: Resize both images to this size before the backbone, or ``None``.
         lpips_net: LPIPS trunk: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
-        tile_size: Evaluate LPIPS in tiles of this size (bounded memory), or ``None``.
+        tile_size: Largest tile side for the perceptual and LPIPS metrics: images larger than
+            this are evaluated in overlapping tiles (bounded memory, same values up to float
+            rounding). ``None``: :data:`AUTO_TILE_SIZE`.
         device: Where the networks run.
+        progress: Show a progress bar over the tiles of a large image.
     """
 
     def __init__(
@@ -167,11 +173,14 @@ class ImageScorer:
         lpips_net: str = "alex",
         tile_size: int | None = None,
         device: torch.device | str = "cpu",
+        progress: bool = True,
     ) -> None:
         self.metrics = parse_metrics(metrics)
+        self.progress = progress
+        tile_size = AUTO_TILE_SIZE if tile_size is None else tile_size
         self.device = torch.device(device)
-        self.perceptual: torch.nn.Module | None = None
-        self.lpips: torch.nn.Module | None = None
+        self.perceptual: PerceptualLoss | None = None
+        self.lpips: LPIPS | None = None
         self.dists: DISTS | None = None
         self.layers: tuple[str, ...] = ()
         self.notes: list[str] = []
@@ -183,7 +192,8 @@ class ImageScorer:
         if "perceptual" in self.metrics:
             self.recipe = Recipe.create(backbone, tuple(layers) if layers else None, weights,
                                         criterion=criterion, resize=resize, reduction="none")
-            self.perceptual = PerceptualLoss.from_recipe(self.recipe).to(self.device)
+            self.perceptual = PerceptualLoss.from_recipe(self.recipe, tile_size=tile_size
+                                                         ).to(self.device)
             self.layers = self.recipe.layers
         lpips_weights = None
         if "lpips" in self.metrics:
@@ -202,6 +212,25 @@ class ImageScorer:
             "lpips_weights": lpips_weights,
             "notes": self.notes,
         }
+
+    @contextlib.contextmanager
+    def _tile_progress(self, size: Sequence[int]) -> Iterator[None]:
+        """A progress bar over the tiles of one large image (nothing for small ones)."""
+        modules = [m for m in (self.perceptual, self.lpips) if m is not None]
+        tiles = sum(m.tiler.tile_count(*size) for m in modules if m.tiler is not None)
+        if not self.progress or tiles <= len(modules):
+            yield
+            return
+        bar = progress_bar(tiles, description=f"tiles of {size[1]}x{size[0]}", unit="tile",
+                           leave=False)
+        for module in modules:
+            module.tile_callback = bar.update
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.tile_callback = None
+            bar.close()
 
     def _dists(self, weights: str | os.PathLike[str] | None) -> DISTS:
         """DISTS with ``weights`` on its VGG16 trunk where they fit, else ImageNet's."""
@@ -284,13 +313,14 @@ class ImageScorer:
                     f"{height}x{width}; leave ssim out (e.g. --metric mse,psnr,perceptual)"
                 )
             out["ssim"] = ssim_per_sample(image_a, image_b).double().cpu()
-        if self.perceptual is not None:
-            total, parts = self.perceptual(image_b, image_a, return_parts=True)
-            out["perceptual"] = total.double().cpu()
-            for layer in self.layers:
-                out[f"perceptual/{layer}"] = parts[f"content/{layer}"].double().cpu()
-        if self.lpips is not None:
-            out["lpips"] = self.lpips(image_b, image_a).double().cpu()
+        with self._tile_progress(image_a.shape[-2:]):
+            if self.perceptual is not None:
+                total, parts = self.perceptual(image_b, image_a, return_parts=True)
+                out["perceptual"] = total.double().cpu()
+                for layer in self.layers:
+                    out[f"perceptual/{layer}"] = parts[f"content/{layer}"].double().cpu()
+            if self.lpips is not None:
+                out["lpips"] = self.lpips(image_b, image_a).double().cpu()
         if self.dists is not None:
             out["dists"] = self.dists(image_b, image_a).double().cpu()
         return {name: out[name] for name in self.value_names()}
