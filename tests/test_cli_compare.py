@@ -228,7 +228,7 @@ def test_unmatched_folders_and_duplicate_names(tmp_path):
 
 def test_helpers():
     assert parse_metrics(None) == ("mse", "psnr", "ssim", "perceptual")
-    assert parse_metrics(["all"]) == ("mse", "psnr", "ssim", "perceptual", "lpips")
+    assert parse_metrics(["all"]) == ("mse", "psnr", "ssim", "perceptual", "lpips", "dists")
     assert parse_metrics(["PSNR", "mse"]) == ("mse", "psnr")
     assert float(psnr_from_mse(0.01)) == pytest.approx(20.0)
     assert math.isinf(float(psnr_from_mse(0.0)))
