@@ -77,6 +77,33 @@ def test_train_denoise_medical_slices(tmp_path):
     assert tuple(checkpoint["task"]["window (stored values)"]) == (1000.0, 1200.0)
 
 
+def test_train_denoise_medical_slices_with_a_medical_network(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "slices"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(3):
+        values = (1000 + 200 * rng.random((40, 40))).astype(np.uint16)
+        Image.fromarray(values).save(data / f"s{index}.png")
+    out = tmp_path / "ct"
+    result = run("train", "denoise", "--mode", "medical", "--window", "1000,1200",
+                 "--data", data, "--out", out, "--crop-size", 32, "--width", 4, "--depth", 1,
+                 "--loss", "mse=1,perceptual=0.1", "--backbone", "radimagenet_resnet50",
+                 "--weights", "random", *FAST)
+    assert result.exit_code == 0, result.output
+    history = load_checkpoint(out)["history"]
+    assert {"mse", "perceptual"} <= set(history[-1])
+    report = json.loads((out / "report.json").read_text())
+    assert "perceptual_output" in report["metrics"]["images"][0]
+    bad = run("train", "denoise", "--mode", "medical", "--window", "1000,1200", "--data", data,
+              "--out", tmp_path / "bad", "--crop-size", 32, "--loss", "mse=1,perceptual=1",
+              "--backbone",
+              "medicalnet_resnet10", "--weights", "random", *FAST)
+    assert bad.exit_code == 1 and "3D network" in bad.output
+
+
 def test_train_sr_x2(folder, tmp_path):
     out = tmp_path / "sr"
     result = run("train", "sr", "--scale", 2, "--data", folder, "--out", out, "--crop-size",

@@ -31,7 +31,7 @@ def tiny_spec(tmp_path, monkeypatch):
         url="https://example.invalid/tiny.pth", file_format="torch", hash_algorithm="sha256",
         hash_value=digest[:8], normalization="imagenet", license="test",
     )
-    monkeypatch.setitem(weights_module._REGISTRY, spec.key, spec)
+    monkeypatch.setitem(weights_module._REGISTRY._items, spec.key, spec)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / spec.filename).write_bytes(payload)
@@ -42,7 +42,13 @@ def test_list_shows_every_key_where_it_is_looked_for_and_presence(isolated_cache
     result = CliRunner().invoke(cli, ["weights", "list", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [row["key"] for row in rows] == list_weights()
+    medical = ["medicalnet_resnet10/medicalnet", "medicalnet_resnet10_23datasets/medicalnet",
+               "medicalnet_resnet50/medicalnet", "medicalnet_resnet50_23datasets/medicalnet",
+               "radimagenet_resnet50/radimagenet"]
+    assert sorted(row["key"] for row in rows) == sorted(list_weights() + medical)
+    radimagenet = next(row for row in rows if row["key"] == medical[-1])
+    assert radimagenet["searched"][0] == str(isolated_cache / "weights"
+                                             / "RadImageNet-ResNet50_notop.pth")
     vgg16 = next(row for row in rows if row["key"] == "vgg16/imagenet")
     assert vgg16["present"] is False
     assert vgg16["searched"] == [

@@ -71,6 +71,7 @@ __all__ = [
     "MedicalNetwork",
     "MedicalPerceptualLoss",
     "build_network",
+    "local_weight_files",
     "load_network_state",
     "zscore_intensity",
 ]
@@ -149,25 +150,6 @@ MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
 }
 """The networks of :class:`MedicalPerceptualLoss`, by name."""
 
-# torchvision's ResNet50 files; their names carry the SHA-256 prefix that torch hub checks.
-# IMAGENET1K_V1 is "imagenet"; IMAGENET1K_V2 (torchvision's DEFAULT, what MONAI's resnet50
-# loads) is "imagenet-v2".
-for _name, _file in (("imagenet", "resnet50-0676ba61.pth"),
-                     ("imagenet-v2", "resnet50-11ad3fa6.pth")):
-    if f"resnet50/{_name}" not in _weights.list_weights():
-        _weights.register_weights(_weights.WeightSpec(
-            key=f"resnet50/{_name}",
-            backbone="resnet50",
-            filename=_file,
-            url=f"https://download.pytorch.org/models/{_file}",
-            file_format="torch",
-            hash_algorithm="sha256",
-            hash_value=_file.rsplit("-", 1)[1].split(".")[0],
-            normalization="imagenet",
-            license="BSD-3-Clause (torchvision); trained on ImageNet-1k, see its terms",
-        ))
-
-
 def _network(name: object) -> MedicalNetwork:
     if not isinstance(name, str) or name not in MEDICAL_NETWORKS:
         raise ValueError(f"network must be one of {', '.join(MEDICAL_NETWORKS)}; got {name!r}")
@@ -183,6 +165,29 @@ def _weight_folders() -> list[Path]:
     hub = Path(torch.hub.get_dir())
     folders += [hub / "checkpoints", hub / "monai_checkpoints", hub / "medicalnet"]
     return folders
+
+
+def local_weight_files() -> list[dict[str, object]]:
+    """Rows for the medical files that are never downloaded (no published hash).
+
+    Each row says where the file is looked for and whether it is there, in the form
+    ``perceptual weights list`` shows.
+    """
+    rows: list[dict[str, object]] = []
+    for spec in MEDICAL_NETWORKS.values():
+        if spec.registry_key is not None:
+            continue
+        searched = [folder / name for folder in _weight_folders() for name in spec.filenames]
+        present = next((path for path in searched if path.is_file()), None)
+        rows.append({
+            "key": f"{spec.name}/{spec.weights_name}", "backbone": spec.name,
+            "file": " or ".join(spec.filenames), "format": "torch",
+            "normalization": spec.preprocessing, "url": spec.published_at,
+            "license": "see the publisher (not downloaded: no published hash)",
+            "present": present is not None, "path": str(present) if present else None,
+            "searched": [str(path) for path in searched],
+        })
+    return rows
 
 
 def _resolve_weights(spec: MedicalNetwork, weights: str | os.PathLike[str]) -> Path:

@@ -137,9 +137,13 @@ for _backbone, _file in (
     ("vgg19_bn", "vgg19_bn-c79401a0.pth"),
     ("alexnet", "alexnet-owt-7be5be79.pth"),
     ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth"),
+    # ResNet50 (perceptual_loss.medical): IMAGENET1K_V1, and V2 (torchvision's default, what
+    # MONAI's resnet50 loads) under "imagenet-v2".
+    ("resnet50", "resnet50-0676ba61.pth"),
+    ("resnet50", "resnet50-11ad3fa6.pth"),
 ):
     register_weights(WeightSpec(
-        key=f"{_backbone}/imagenet",
+        key=f"{_backbone}/imagenet" + ("-v2" if _file == "resnet50-11ad3fa6.pth" else ""),
         backbone=_backbone,
         filename=_file,
         url=_TORCHVISION_URL + _file,

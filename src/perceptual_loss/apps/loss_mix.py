@@ -18,6 +18,7 @@ from torch import nn
 
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.losses import PerceptualLoss
+from perceptual_loss.medical import MEDICAL_NETWORKS, MedicalPerceptualLoss
 from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
 from perceptual_loss.weights import WeightsNotFoundError, is_random
 
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_STYLE_LAYERS",
     "LOSS_TERMS",
     "LossConfig",
+    "MedicalMix",
     "build_loss",
     "default_layers_for",
     "loss_recipe",
@@ -147,6 +149,8 @@ def default_layers_for(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS)
         >>> default_layers_for("vgg11")
         ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
     """
+    if backbone in MEDICAL_NETWORKS:
+        return ()
     names = get_backbone(backbone).layer_names
     if all(name in names for name in preferred):
         return tuple(preferred)
@@ -183,8 +187,44 @@ def loss_recipe(config: LossConfig) -> Recipe:
     )
 
 
-def build_loss(config: LossConfig) -> PerceptualLoss:
+class MedicalMix(nn.Module):
+    """Pixel terms plus the perceptual term of a medical network, as one loss module.
+
+    ``loss_fn(prediction, target, return_parts=True)`` as :class:`PerceptualLoss` does; the
+    perceptual part is keyed ``"perceptual/<network>"``.
+
+    Args:
+        pixels: The pixel, SSIM and TV terms (a :class:`PerceptualLoss` without layers), or
+            ``None``.
+        medical: The :class:`~perceptual_loss.MedicalPerceptualLoss` (``reduction="none"``).
+        weight: Weight of its term.
+    """
+
+    def __init__(self, pixels: PerceptualLoss | None, medical: MedicalPerceptualLoss,
+                 weight: float) -> None:
+        super().__init__()
+        self.pixels, self.medical, self.weight = pixels, medical, weight
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor, *,
+                return_parts: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mix's mean over the batch (and its parts with ``return_parts``)."""
+        term = self.weight * self.medical(prediction, target)
+        parts = {f"perceptual/{self.medical.network_name}": term.detach().mean()}
+        total = term.mean()
+        if self.pixels is not None:
+            value, pixel_parts = self.pixels(prediction, target, return_parts=True)
+            total = total + value
+            parts.update(pixel_parts)
+        return (total, parts) if return_parts else total
+
+
+def build_loss(config: LossConfig) -> PerceptualLoss | MedicalMix:
     """Build the :class:`PerceptualLoss` that computes a :class:`LossConfig`'s mix.
+
+    With a 2D medical network as backbone (``radimagenet_resnet50``, ``resnet50``) the
+    ``perceptual`` term is :class:`~perceptual_loss.MedicalPerceptualLoss` on it (MONAI's
+    definition) and the loss is a :class:`MedicalMix`; style terms need a VGG backbone.
 
     Args:
         config: Terms, layers, backbone and weights.
@@ -198,7 +238,30 @@ def build_loss(config: LossConfig) -> PerceptualLoss:
         perceptual_loss.weights.WeightsNotFoundError: If ImageNet weights are asked for
             but cannot be found or downloaded.
     """
+    if config.backbone in MEDICAL_NETWORKS:
+        return _medical_mix(config)
     return PerceptualLoss.from_recipe(loss_recipe(config))
+
+
+def _medical_mix(config: LossConfig) -> MedicalMix:
+    network = MEDICAL_NETWORKS[config.backbone]
+    if network.spatial_dims != 2:
+        raise ValueError(f"{config.backbone} is a 3D network; training here runs on 2D slices: "
+                         "use radimagenet_resnet50 or resnet50 (or MedicalPerceptualLoss on "
+                         "volumes in your own loop)")
+    if config.terms.get("style", 0.0) > 0 or config.layers:
+        raise ValueError(f"{config.backbone} compares its final feature map (as MONAI does): "
+                         "no --layers and no style term with it")
+    weights = None if is_random(config.weights) else (
+        "pretrained" if config.weights == "imagenet" else os.fspath(config.weights))
+    medical = MedicalPerceptualLoss(config.backbone, weights=weights, reduction="none")
+    pixel_terms = {k: config.terms.get(k, 0.0) for k in ("mse", "l1", "ssim", "tv")}
+    pixels = None
+    if any(pixel_terms.values()):
+        pixels = PerceptualLoss.from_recipe(Recipe.create(
+            layers=(), weights=None, pixel_mse=pixel_terms["mse"], pixel_l1=pixel_terms["l1"],
+            ssim_weight=pixel_terms["ssim"], tv_weight=pixel_terms["tv"]))
+    return MedicalMix(pixels, medical, config.terms.get("perceptual", 0.0))
 
 
 def perceptual_distance_module(
@@ -221,6 +284,10 @@ def perceptual_distance_module(
         # different runs measure with the same network.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
+            if backbone in MEDICAL_NETWORKS:
+                weights = None if is_random(weights) else (
+                    "pretrained" if weights == "imagenet" else weights)
+                return MedicalPerceptualLoss(backbone, weights=weights), None
             return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
     except WeightsNotFoundError as error:
         return None, f"perceptual distance not computed: {error}"

@@ -74,14 +74,18 @@ def weights() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(backbone: str | None, as_json: bool) -> None:
     """Show every registered weights file, where it is looked for, and whether it is there."""
-    from perceptual_loss.backbones import get_backbone
+    from perceptual_loss.backbones import get_backbone, list_backbones
+    from perceptual_loss.medical import MEDICAL_NETWORKS, local_weight_files
     from perceptual_loss.weights import get_weight_spec, list_weights
 
     specs = [get_weight_spec(key) for key in list_weights()]
-    if backbone is not None:
-        get_backbone(backbone)  # unknown names fail with the list of known ones
+    if backbone is not None and backbone not in MEDICAL_NETWORKS:
+        if backbone not in list_backbones():
+            get_backbone(backbone)  # unknown names fail with the list of known ones
         specs = [spec for spec in specs if spec.backbone == backbone]
     rows = [_status(spec) for spec in specs]
+    rows += [row for row in local_weight_files()
+             if backbone is None or row["backbone"] == backbone]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
