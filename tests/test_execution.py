@@ -61,3 +61,24 @@ def test_the_metrics_follow_the_rule_and_keep_their_values():
         with torch.no_grad():
             torch.testing.assert_close(metric(x, y), exact(x, y), rtol=1e-5, atol=1e-6)
         assert metric.extractor._layout_channels_last
+
+
+def test_the_per_chunk_backward_is_exact_for_any_function_of_the_loss():
+    torch.manual_seed(3)
+    options = {"backbone": "vgg11", "layers": ("relu1_1", "relu2_1"), "weights": None,
+               "style_layers": ("relu1_1",), "pixel_l1": 0.5, "reduction": "none"}
+    chunked = PerceptualLoss(**options, chunk_size=1, channels_last=False)
+    whole = PerceptualLoss(**options, chunk_size=None, channels_last=False)
+    whole.load_state_dict(chunked.state_dict())
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.rand(3, 3, 24, 24, generator=gen), torch.rand(3, 3, 24, 24, generator=gen)
+    weights = torch.tensor([0.5, 2.0, -1.0])
+    grads = []
+    for loss_fn in (chunked, whole):
+        xi = x.clone().requires_grad_()
+        value, parts = loss_fn(xi, y, return_parts=True)
+        (value.pow(2) * weights).sum().backward()  # nonlinear in the per-sample values
+        grads.append(xi.grad)
+        assert set(parts) == {"content/relu1_1", "content/relu2_1", "style/relu1_1",
+                              "pixel/l1"}
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

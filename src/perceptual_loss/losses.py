@@ -26,6 +26,7 @@ from perceptual_loss._checks import (
     check_reduction,
     check_values,
 )
+from perceptual_loss._chunked import run_chunks
 from perceptual_loss.execution import (
     ChannelsLast,
     ChunkSize,
@@ -336,14 +337,20 @@ class PerceptualLoss(nn.Module):
         """
         target_image = self._validated_target(prediction, target)
         terms: dict[str, torch.Tensor] = {}
+        carried: torch.Tensor | None = None  # feature terms whose gradient was taken already
         height, width = prediction.shape[-2:]
         if self.tiler is not None and self.tiler.needed(height, width):
             terms.update(self._tiled_terms(prediction, target_image))
         elif self.extractor is not None:
-            terms.update(self._feature_terms(prediction, target))
-        if self.recipe.has_pixel_terms:
-            terms.update(pixel_terms(self.recipe, prediction, target_image, TORCH_OPS))
-        total = torch.stack(list(terms.values())).sum(0)
+            features, carried = self._feature_terms(prediction, target)
+            terms.update(features)
+        pixels = (pixel_terms(self.recipe, prediction, target_image, TORCH_OPS)
+                  if self.recipe.has_pixel_terms else {})
+        terms.update(pixels)
+        if carried is not None:
+            total = carried + sum(pixels.values()) if pixels else carried
+        else:
+            total = torch.stack(list(terms.values())).sum(0)
         loss = reduce(total, self.reduction)  # type: ignore[arg-type]
         if not return_parts:
             return loss
@@ -414,26 +421,23 @@ class PerceptualLoss(nn.Module):
         return terms
 
     def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None
-                       ) -> dict[str, torch.Tensor]:
-        """Content and style terms, the batch run in chunks of ``chunk_size`` samples."""
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Content and style terms, the batch run in chunks (see :mod:`._chunked`)."""
         n = prediction.shape[0]
         assert self.extractor is not None
-        needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or (
-            target is not None and target.requires_grad))
+        target_grad = target is not None and target.requires_grad
+        needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or target_grad)
+        lean = self.extractor.memory == "lean"
         chunk = choose_chunk_size(self.chunk_size, prediction.device, needs_grad=needs_grad,
-                                  plain=self.extractor.memory == "plain") or n
-        parts = [self._chunk_terms(prediction, target, slice(first, min(first + chunk, n)))
-                 for first in range(0, n, chunk)]
-        if len(parts) == 1:
-            return parts[0]
-        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+                                  plain=not lean) or n
+        eager = needs_grad and lean and chunk < n and not target_grad
 
-    def _chunk_terms(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice
-                     ) -> dict[str, torch.Tensor]:
-        whole = prediction.shape[0]
-        prediction = prediction[rows]
-        return feature_terms(self.recipe, self._paired_maps(prediction, target, rows, whole),
-                             TORCH_OPS, prediction.shape[0], self._cached_style)
+        def terms_of(rows_input: torch.Tensor, rows: slice) -> dict[str, torch.Tensor]:
+            maps = self._paired_maps(rows_input, target, rows, n)
+            return feature_terms(self.recipe, maps, TORCH_OPS, rows_input.shape[0],
+                                 self._cached_style)
+
+        return run_chunks(prediction, chunk, terms_of, eager_backward=eager)
 
     def _paired_maps(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice,
                      whole: int) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None]]:
