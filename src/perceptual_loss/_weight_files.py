@@ -45,6 +45,27 @@ class WeightsIntegrityError(ValueError):
     """A weights file exists but is corrupt, fails its hash, or belongs to another network."""
 
 
+def read_tensor_file(path: str | os.PathLike[str], what: str) -> object:
+    """``torch.load`` of a file of tensors only (``weights_only=True``), errors naming it.
+
+    Args:
+        path: The file.
+        what: What it should be, for messages (``"LPIPS heads file"``).
+
+    Raises:
+        FileNotFoundError: No such file.
+        WeightsIntegrityError: It cannot be read (corrupt, not a torch file, holds code).
+    """
+    source = os.fspath(path)
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {source}") from None
+    except Exception as err:  # torch raises many types for a bad file
+        raise WeightsIntegrityError(f"cannot read {what} {source}: {type(err).__name__}: "
+                                    f"{err}. It is corrupt or not a torch state dict.") from err
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a torch checkpoint of tensors safely (``weights_only=True``).
 

@@ -34,7 +34,11 @@ import torch
 from torch import nn
 
 from perceptual_loss._checks import Reduction, check_pair, check_reduction
-from perceptual_loss._weight_files import WeightsIntegrityError, check_tensor_values
+from perceptual_loss._weight_files import (
+    WeightsIntegrityError,
+    check_tensor_values,
+    read_tensor_file,
+)
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce
 from perceptual_loss.preprocess import ChannelMode, adapt_channels
@@ -74,12 +78,7 @@ def load_dists_weights(path: str | os.PathLike[str] | None = None
         source = "the shipped DISTS weights"
     else:
         source = os.fspath(path)
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"DISTS weights file not found: {source}") from None
-        except Exception as err:  # torch raises many types for a bad file
-            raise WeightsIntegrityError(f"cannot read DISTS weights file {source}: {err}") from err
+        state = read_tensor_file(source, "DISTS weights file")
     total = sum(DISTS_CHANNELS)
     if not isinstance(state, dict) or set(state) != {"alpha", "beta"} or any(
             not isinstance(v, torch.Tensor) or v.numel() != total for v in state.values()):

@@ -122,6 +122,22 @@ class MedicalNetwork:
     other_weights: Mapping[str, str] = field(default_factory=dict)
 
 
+# MedicalNet's trunks: (name, builder, file names looked for, where they are published).
+_MEDICALNET_FILES = (
+    ("medicalnet_resnet10", medicalnet_resnet10, ("resnet_10.pth",),
+     f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
+    ("medicalnet_resnet10_23datasets", medicalnet_resnet10,
+     ("medicalnet_resnet_10_23dataset.pth", "resnet_10_23dataset.pth"),
+     f"{_HF_CHECKPOINTS} (medicalnet_resnet_10_23dataset.pth) or {_MEDICALNET} "
+     "(pretrain/resnet_10_23dataset.pth)"),
+    ("medicalnet_resnet50", medicalnet_resnet50, ("resnet_50.pth",),
+     f"{_MEDICALNET} (pretrain/resnet_50.pth)"),
+    ("medicalnet_resnet50_23datasets", medicalnet_resnet50,
+     ("medicalnet_resnet50_23datasets.pth", "resnet_50_23dataset.pth"),
+     f"{_HF_CHECKPOINTS} (medicalnet_resnet50_23datasets.pth) or {_MEDICALNET} "
+     "(pretrain/resnet_50_23dataset.pth)"),
+)
+
 MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
     spec.name: spec for spec in (
         MedicalNetwork("radimagenet_resnet50", 2, radimagenet_resnet50, "radimagenet",
@@ -132,20 +148,8 @@ MEDICAL_NETWORKS: dict[str, MedicalNetwork] = {
                        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
                        functools.partial(resnet50, 1000),
                        {"imagenet": "resnet50/imagenet"}),
-        MedicalNetwork("medicalnet_resnet10", 3, medicalnet_resnet10, "zscore", "medicalnet",
-                       ("resnet_10.pth",), None, f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
-        MedicalNetwork("medicalnet_resnet10_23datasets", 3, medicalnet_resnet10, "zscore",
-                       "medicalnet",
-                       ("medicalnet_resnet_10_23dataset.pth", "resnet_10_23dataset.pth"), None,
-                       f"{_HF_CHECKPOINTS} (medicalnet_resnet_10_23dataset.pth) or {_MEDICALNET}"
-                       " (pretrain/resnet_10_23dataset.pth)"),
-        MedicalNetwork("medicalnet_resnet50", 3, medicalnet_resnet50, "zscore", "medicalnet",
-                       ("resnet_50.pth",), None, f"{_MEDICALNET} (pretrain/resnet_50.pth)"),
-        MedicalNetwork("medicalnet_resnet50_23datasets", 3, medicalnet_resnet50, "zscore",
-                       "medicalnet",
-                       ("medicalnet_resnet50_23datasets.pth", "resnet_50_23dataset.pth"), None,
-                       f"{_HF_CHECKPOINTS} (medicalnet_resnet50_23datasets.pth) or "
-                       f"{_MEDICALNET} (pretrain/resnet_50_23dataset.pth)"),
+        *(MedicalNetwork(name, 3, build, "zscore", "medicalnet", files, None, where)
+          for name, build, files, where in _MEDICALNET_FILES),
     )
 }
 """The networks of :class:`MedicalPerceptualLoss`, by name."""

@@ -45,7 +45,7 @@ from perceptual_loss._checks import (
     check_pair,
     check_reduction,
 )
-from perceptual_loss._weight_files import check_tensor_values
+from perceptual_loss._weight_files import check_tensor_values, read_tensor_file
 from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
 from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
 from perceptual_loss.extractor import FeatureExtractor
@@ -135,13 +135,7 @@ def load_lpips_heads(net: str, version: str = "0.1",
         source = f"shipped v{version} heads for {spec.name!r}"
     else:
         source = os.fspath(path)
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"LPIPS heads file not found: {source}") from None
-        except Exception as err:  # torch raises many types for a bad file
-            raise ValueError(f"cannot read LPIPS heads file {source}: {type(err).__name__}: "
-                             f"{err}. It is corrupt or not a torch state dict.") from err
+        state = read_tensor_file(source, "LPIPS heads file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise ValueError(f"{source}: expected a state dict of tensors, got "

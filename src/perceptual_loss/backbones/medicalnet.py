@@ -33,6 +33,9 @@ from typing import Final
 import torch
 from torch import nn
 
+from perceptual_loss.backbones.resnet import BottleneckForward
+from perceptual_loss.backbones.vgg import he_normal_init
+
 __all__ = [
     "MEDICALNET_DEPTHS",
     "BasicBlock3d",
@@ -86,7 +89,7 @@ class BasicBlock3d(nn.Module):
         return self.relu(out + shortcut)
 
 
-class Bottleneck3d(nn.Module):
+class Bottleneck3d(BottleneckForward):
     """1x1x1 -> 3x3x3 -> 1x1x1 convolutions with 4x expansion (ResNet50+ of MedicalNet).
 
     Args:
@@ -111,12 +114,6 @@ class Bottleneck3d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
 
 
 class MedicalNetResNet(nn.Module):
@@ -150,12 +147,7 @@ class MedicalNetResNet(nn.Module):
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = channels
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_normal_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -31,7 +31,10 @@ from typing import Final, Literal
 import torch
 from torch import nn
 
+from perceptual_loss.backbones.vgg import he_normal_init
+
 __all__ = [
+    "BottleneckForward",
     "RESNET50_BLOCKS",
     "RESNET50_PARAMETERS",
     "Bottleneck",
@@ -49,7 +52,22 @@ RESNET50_PARAMETERS: Final[int] = 25_557_032
 Layout = Literal["torchvision", "keras"]
 
 
-class Bottleneck(nn.Module):
+class BottleneckForward(nn.Module):
+    """The forward of a bottleneck block (2D or 3D): three conv-BN stages and a shortcut.
+
+    Subclasses build ``conv1``..``conv3``, ``bn1``..``bn3``, ``relu`` and ``downsample``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn3(conv3(...)) + shortcut(x))``."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(BottleneckForward):
     """A 1x1 -> 3x3 -> 1x1 residual block with 4x channel expansion.
 
     Args:
@@ -83,12 +101,6 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
 
 
 class ResNet2d(nn.Module):
@@ -130,7 +142,7 @@ class ResNet2d(nn.Module):
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(channels, num_classes)
         self.num_classes = num_classes
-        _init(self)
+        he_normal_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``layer4`` map, ``(N, 2048, ceil(H / 32), ceil(W / 32))``."""
@@ -158,18 +170,6 @@ def _stage(in_channels: int, width: int, count: int, stride: int, layout: Layout
     blocks = [Bottleneck(in_channels, width, stride, downsample, layout=layout)]
     blocks += [Bottleneck(out_channels, width, layout=layout) for _ in range(count - 1)]
     return nn.Sequential(*blocks), out_channels
-
-
-def _init(model: nn.Module) -> None:
-    """He-normal convolutions, unit batch norm (as torchvision initialises a ResNet)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 def resnet50(num_classes: int | None = None) -> ResNet2d:

@@ -135,14 +135,23 @@ class VGG(nn.Module):
 
 def _init_like_torchvision(module: nn.Module) -> None:
     """The initialisation torchvision uses, so random weights behave alike."""
+    he_normal_init(module)
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def he_normal_init(module: nn.Module) -> None:
+    """He-normal (fan-out) convolutions, zero biases, unit batch norm.
+
+    As torchvision initialises VGG and ResNet, and MedicalNet its 3D ResNets.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)

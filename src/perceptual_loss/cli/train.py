@@ -95,6 +95,20 @@ def _common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _style_terms(spec: str, command: str) -> dict[str, float]:
+    """The loss mix of a style command: only perceptual, style and tv terms."""
+    from perceptual_loss.apps.training import parse_loss_spec
+
+    terms = parse_loss_spec(spec)
+    extra = sorted(set(terms) - {"perceptual", "style", "tv"})
+    if extra:
+        raise click.BadParameter(
+            f"{command} uses the terms perceptual, style and tv; remove {', '.join(extra)}",
+            param_hint="--loss",
+        )
+    return terms
+
+
 def _network_options(crop: tuple[int, int, str], width: tuple[int, str],
                      blocks: tuple[int, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--crop-size``, ``--width`` and ``--blocks`` with a task's defaults and help."""
@@ -329,15 +343,7 @@ def style(**kwargs: Any) -> None:
     """Train a fast style-transfer network (Johnson et al. 2016) for one style picture."""
     from perceptual_loss.apps.io import load_image
     from perceptual_loss.apps.style import train_style
-    from perceptual_loss.apps.training import parse_loss_spec
-
-    terms = parse_loss_spec(kwargs["loss"])
-    extra = sorted(set(terms) - {"perceptual", "style", "tv"})
-    if extra:
-        raise click.BadParameter(
-            f"train style uses the terms perceptual, style and tv; remove {', '.join(extra)}",
-            param_hint="--loss",
-        )
+    terms = _style_terms(kwargs["loss"], "train style")
     if not kwargs["style_path"].is_file():
         raise click.BadParameter(f"file not found: {kwargs['style_path']}", param_hint="--style")
     style_image = load_image(kwargs["style_path"], mode="rgb")
@@ -428,15 +434,9 @@ def style_optimize(content: Path, style_path: Path, out: Path, **kwargs: Any) ->
     """Gatys et al. style transfer: optimise the pixels of CONTENT towards STYLE."""
     from perceptual_loss.apps.io import load_image, save_image
     from perceptual_loss.apps.style import optimize_image, resize_longest
-    from perceptual_loss.apps.training import parse_loss_spec, plot_loss_curve
+    from perceptual_loss.apps.training import plot_loss_curve
 
-    terms = parse_loss_spec(kwargs["loss"])
-    extra = sorted(set(terms) - {"perceptual", "style", "tv"})
-    if extra:
-        raise click.BadParameter(
-            f"style-optimize uses the terms perceptual, style and tv; remove {', '.join(extra)}",
-            param_hint="--loss",
-        )
+    terms = _style_terms(kwargs["loss"], "style-optimize")
     for name, path in (("CONTENT", content), ("STYLE", style_path)):
         if not path.is_file():
             fail(f"{name} image not found: {path}")
