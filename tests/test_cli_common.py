@@ -229,3 +229,21 @@ def test_main_and_python_dash_m(capsys):
     assert done.returncode == 1
     assert done.stderr.startswith("Error: no such command 'nope'")
     assert done.stderr.count("\n") == 1
+
+
+def test_missing_weights_are_reported_in_command_line_words(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("PERCEPTUAL_LOSS_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("PERCEPTUAL_LOSS_WEIGHTS_DIR", raising=False)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (120, 30, 200)).save(image)
+    result = CliRunner().invoke(cli, ["compare", str(image), str(image)])
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith("Error: weights file vgg16-397923af.pth for vgg16/imagenet")
+    assert "downloads are off" in message
+    assert "perceptual weights fetch vgg16/imagenet" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "--weights random" in message and "weights=None" not in message
