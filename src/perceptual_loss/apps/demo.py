@@ -407,12 +407,13 @@ def _busy_cores(seconds: float = 1.0) -> float | None:
 def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     """How many threads torch should use on the CPU, and why.
 
-    Torch starts one thread per core, and its threads wait for each other (spinning) at every
-    operation. When other processes keep a core busy, the thread that shares it falls behind
-    and the others spin: on 2 cores beside busy processes the demo took 390 s with 2 threads
-    and 78 s with 1. So, unless a number is asked for, this takes the cores
-    this process may run on minus the cores busy right now (measured over one second; the
-    1-minute load average where that cannot be read), at least 1.
+    Torch starts one thread per core, and its threads wait for each other at every operation.
+    When another process takes a core, the thread sharing it falls behind and the rest wait:
+    on 2 cores the demo took 38 s alone with 2 threads, but 390 s with 2 threads and 78 s
+    with 1 beside other busy processes, which can start at any time. So, unless a number is
+    asked for, one core is left to the rest of the machine, and the cores busy right now
+    (measured over one second; the 1-minute load average where that cannot be read) are
+    left too: ``max(1, min(cores - 1, round(cores - busy)))``.
 
     Args:
         requested: A number of threads, or ``None`` to choose from the idle cores.
@@ -436,8 +437,8 @@ def cpu_threads(requested: int | None = None) -> tuple[int, str]:
             busy, what = os.getloadavg()[0], "load average"
         except (AttributeError, OSError):  # neither: keep torch's choice
             return min(torch.get_num_threads(), cores), f"{cores} cores"
-    threads = max(1, min(cores, math.floor(cores - busy + 0.5)))
-    return threads, f"{cores} cores, {busy:.1f} {what}; --threads to choose"
+    threads = max(1, min(cores - 1, math.floor(cores - busy + 0.5)))
+    return threads, f"{cores} cores, one left free, {busy:.1f} {what}; --threads to choose"
 
 
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,

@@ -31,8 +31,8 @@ __all__ = ["demo"]
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch. Default: the idle cores (cores minus the load "
-              "average), so a busy machine is not oversubscribed.")
+              help="CPU threads for torch. Default: all cores but one, fewer when other "
+              "processes keep cores busy (torch threads beside busy cores are much slower).")
 @weights_option
 @backbone_option
 @device_option
