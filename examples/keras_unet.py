@@ -13,18 +13,26 @@ without its workarounds:
   one argument, ``pixel_mse=1.0``, in the same ``compile``;
 - no ``full_model.layers[50]`` to find the trained network: ``model.predict`` gives images.
 
-The task here is denoising (noisy crop -> clean crop); any image-to-image pairs work.
+The default task is denoising (noisy crop -> clean crop); any image-to-image pairs work.
+``--task style`` is the style-conversion variant: the U-Net learns to repaint its input in
+the colours and textures of one style image, with content layers against the input itself
+and the style image's Gram matrices cached once (``loss.set_style_target``), so ``fit(x, x)``
+is all it takes.
 
 Usage (the Keras ImageNet VGG16 file is downloaded to ~/.keras/models or the torch hub cache
-on first use; ``--weights`` also takes a local .h5/.pth file, or ``none`` for random)::
+on first use; ``--weights`` also takes a local .h5/.weights.h5/.keras/.pth file, or ``none``
+for random). Keras' own default backend is TensorFlow; without ``KERAS_BACKEND`` this example
+takes TensorFlow, else JAX, else torch, whichever is installed::
 
-    KERAS_BACKEND=torch python examples/keras_unet.py --data path/to/images --epochs 5
+    python examples/keras_unet.py --data path/to/images --epochs 5
+    python examples/keras_unet.py --task style --style-image painting.jpg --epochs 5
     KERAS_BACKEND=jax python examples/keras_unet.py --size 32 --pairs 8 --epochs 1 --weights none
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -32,7 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("KERAS_BACKEND", "torch")  # torch is installed with perceptual-loss
+if "KERAS_BACKEND" not in os.environ:  # Keras' default, TensorFlow, where it is installed
+    os.environ["KERAS_BACKEND"] = next(
+        (name for name in ("tensorflow", "jax") if importlib.util.find_spec(name)), "torch")
 
 import keras  # noqa: E402
 
@@ -41,11 +51,20 @@ from perceptual_loss.keras import PerceptualLoss  # noqa: E402
 # The article's select_layers = [2, 9, 18] of keras.applications.VGG16(include_top=False),
 # by name.
 ARTICLE_LAYERS = ("block1_conv2", "block3_conv3", "block5_pool")
+# Style conversion (Johnson et al.): content at one layer, style at four.
+STYLE_CONTENT_LAYERS = ("block3_conv3",)
+STYLE_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("denoise", "style"), default="denoise",
+                        help="denoise noisy crops, or repaint crops in the style of one image")
+    parser.add_argument("--style-image", type=Path, default=None,
+                        help="--task style: the style image (default: synthetic stripes)")
+    parser.add_argument("--style-weight", type=float, default=1e3,
+                        help="--task style: weight of the Gram-matrix term")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder of clean images (default: scikit-image's sample pictures, "
                              "or synthetic ones if scikit-image is absent)")
@@ -57,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=16, help="channels of the first U-Net level")
     parser.add_argument("--depth", type=int, default=3, help="U-Net levels (downsamplings + 1)")
     parser.add_argument("--noise", type=float, default=0.1, help="noise sigma in [0, 1] units")
-    parser.add_argument("--layers", nargs="+", default=list(ARTICLE_LAYERS),
-                        help="VGG16 layers, Keras or our names")
+    parser.add_argument("--layers", nargs="+", default=None,
+                        help="VGG16 content layers, Keras or our names (default: the article's "
+                             "three for denoising, block3_conv3 for style)")
     parser.add_argument("--pixel-mse", type=float, default=1.0, help="weight of pixel MSE")
     parser.add_argument("--weights", default="keras-imagenet",
                         help="'keras-imagenet', 'imagenet' (torchvision), a .h5/.pth path, "
@@ -149,6 +169,32 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
+def style_image(path: Path | None, size: int) -> np.ndarray:
+    """The style image, ``(1, H, W, 3)`` in [0, 1]: a file, or diagonal colour stripes."""
+    if path is not None:
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
+    yy, xx = np.mgrid[0:size, 0:size]
+    phase = 2 * np.pi * (xx + yy) / max(size / 4, 2)
+    stripes = np.stack([0.5 + 0.5 * np.sin(phase + shift) for shift in (0, 2, 4)], axis=-1)
+    return stripes[None].astype(np.float32)
+
+
+def build_loss(args: argparse.Namespace) -> PerceptualLoss:
+    """The perceptual loss of the task: one object for everything the article hand-built."""
+    weights = None if args.weights.lower() == "none" else args.weights
+    if args.task == "style":
+        loss = PerceptualLoss("vgg16", layers=args.layers or STYLE_CONTENT_LAYERS,
+                              style_layers=STYLE_LAYERS, style_weight=args.style_weight,
+                              tv_weight=1e-2, weights=weights)
+        # Cached once: every step compares against these Grams, whatever y_true is.
+        loss.set_style_target(style_image(args.style_image, args.size))
+        return loss
+    return PerceptualLoss("vgg16", layers=args.layers or ARTICLE_LAYERS, weights=weights,
+                          pixel_mse=args.pixel_mse)
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -156,12 +202,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     images = load_clean_images(args.data, rng)
     x_train, y_train = make_pairs(images, args.pairs, args.size, args.noise, rng)
     x_test, y_test = make_pairs(images, args.test_pairs, args.size, args.noise, rng)
+    if args.task == "style":  # the content to repaint is the input itself: fit(x, x)
+        x_train, x_test = y_train, y_test
 
-    weights = None if args.weights.lower() == "none" else args.weights
-    loss = PerceptualLoss("vgg16", layers=args.layers, weights=weights,
-                          pixel_mse=args.pixel_mse)
+    loss = build_loss(args)
     model = unet_model((args.size, args.size, 3), args.width, args.depth)
-    # One compile: feature loss on several VGG16 layers + pixel MSE, on the plain U-Net.
+    # One compile: the feature loss (and pixel MSE, or the cached style) on the plain U-Net.
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
 
     loss_before = float(model.evaluate(x_test, y_test, verbose=0))
@@ -172,17 +218,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parts = {name: float(keras.ops.convert_to_numpy(value))
              for name, value in loss.compute_parts(y_test, predicted).items()}
 
-    print(f"backend {keras.backend.backend()}, VGG16 weights {weights}, layers {loss.layers}")
+    print(f"backend {keras.backend.backend()}, task {args.task}, VGG16 weights "
+          f"{loss.weights}, layers {loss.layers}")
     print(f"test loss {loss_before:.4f} before training, {loss_after:.4f} after "
           f"{args.epochs} epoch(s)")
     print("terms after training: " + ", ".join(f"{k} {v:.4f}" for k, v in parts.items()))
-    print(f"PSNR noisy {psnr(x_test, y_test):.2f} dB, predicted {psnr(predicted, y_test):.2f} dB")
+    if args.task == "denoise":
+        print(f"PSNR noisy {psnr(x_test, y_test):.2f} dB, predicted "
+              f"{psnr(predicted, y_test):.2f} dB")
     if args.out is not None:
         save_rows(args.out, x_test, predicted, y_test)
         print(f"saved {args.out}")
     return {"loss_before": loss_before, "loss_after": loss_after,
             "train_loss": list(history.history["loss"]), "parts": parts,
-            "predicted": predicted, "model": model}
+            "predicted": predicted, "model": model, "backend": keras.backend.backend()}
 
 
 def save_rows(path: Path, *rows: np.ndarray) -> None:

@@ -1,7 +1,9 @@
-"""Keras front end on the torch backend: values equal the PyTorch loss, training works.
+"""Keras front end: values equal the PyTorch loss, training works, errors say how to fix them.
 
-Weights are written by the tests themselves: a random torchvision-layout checkpoint
-(``torch.save``) and a random Keras-layout "notop" HDF5 file (``h5py``). No network.
+Backend-agnostic: collected here on the torch backend, and run again on JAX and TensorFlow in
+their own interpreters by ``test_keras_jax.py`` and ``test_keras_tf.py``. Weights are written
+by the tests themselves: a random torchvision-layout checkpoint (``torch.save``) and a random
+Keras-layout "notop" HDF5 file (``h5py``). No network.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ import pytest
 if importlib.util.find_spec("keras") is None or importlib.util.find_spec("h5py") is None:
     pytest.skip('the keras extra is not installed: pip install "perceptual-loss[keras]"',
                 allow_module_level=True)
-os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("KERAS_BACKEND", "torch")  # other backends: test_keras_jax/_tf.py
 
-import h5py  # noqa: E402
 import keras  # noqa: E402
 import torch  # noqa: E402
 
+from keras_helpers import (  # noqa: E402
+    BACKEND,
+    images,
+    input_gradient,
+    nchw,
+    random_trunk_file,
+    to_numpy,
+    write_legacy_vgg16_h5,
+)
 from perceptual_loss import PerceptualLoss as TorchPerceptualLoss  # noqa: E402
 from perceptual_loss import gram_matrix as torch_gram_matrix  # noqa: E402
 from perceptual_loss.backbones import get_backbone  # noqa: E402
@@ -41,59 +51,17 @@ ops = keras.ops
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "keras_unet.py"
 
 
-# ---------------------------------------------------------------------- helpers and fixtures
-def to_numpy(x) -> np.ndarray:  # noqa: ANN001
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def nchw(x: np.ndarray) -> torch.Tensor:
-    """Channels-last numpy batch -> PyTorch (N, C, H, W) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
-
-
-def images(shape: tuple[int, ...], seed: int, low: float = 0.0, high: float = 1.0
-           ) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (low + (high - low) * rng.random(shape)).astype(np.float32)
-
-
+# ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def vgg11_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random VGG11 trunk saved as a torchvision-layout state dict."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vgg11_random.pth"
-    torch.save(get_backbone("vgg11").build_features().state_dict(), path)
-    return path
+    return random_trunk_file(tmp_path_factory.mktemp("weights") / "vgg11_random.pth")
 
 
 @pytest.fixture(scope="module")
 def vgg16_keras_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random VGG16 "notop" file in the Keras Applications HDF5 layout (HWIO kernels)."""
-    rng = np.random.default_rng(1)
-    path = tmp_path_factory.mktemp("weights") / "vgg16_random_notop.h5"
-    config = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-    layer_names = ["input_1"]
-    with h5py.File(path, "w") as h5:
-        h5.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S")
-        in_channels = 3
-        for block, convs in enumerate(config, start=1):
-            for index, out_channels in enumerate(convs, start=1):
-                name = f"block{block}_conv{index}"
-                group = h5.create_group(name)
-                std = np.sqrt(2.0 / (9 * in_channels))
-                kernel = rng.normal(0.0, std, (3, 3, in_channels, out_channels))
-                bias = rng.normal(0.0, 0.1, out_channels)
-                group.create_dataset(f"{name}/kernel:0", data=kernel.astype(np.float32))
-                group.create_dataset(f"{name}/bias:0", data=bias.astype(np.float32))
-                group.attrs["weight_names"] = [f"{name}/kernel:0".encode(),
-                                               f"{name}/bias:0".encode()]
-                layer_names.append(name)
-                in_channels = out_channels
-            pool = f"block{block}_pool"
-            h5.create_group(pool).attrs["weight_names"] = np.array([], dtype="S")
-            layer_names.append(pool)
-        h5.attrs["layer_names"] = [n.encode() for n in layer_names]
-    return path
+    return write_legacy_vgg16_h5(tmp_path_factory.mktemp("weights") / "vgg16_random_notop.h5")
 
 
 @pytest.fixture
@@ -106,9 +74,8 @@ def offline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_runs_on_the_torch_backend_unless_told_otherwise() -> None:
-    if os.environ.get("KERAS_BACKEND", "torch") == "torch":
-        assert keras.backend.backend() == "torch"
+def test_runs_on_the_backend_it_was_started_with() -> None:
+    assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "torch") == BACKEND
 
 
 # ---------------------------------------------------------------------- Keras == PyTorch
@@ -193,20 +160,6 @@ def test_keras_h5_weights_equal_pytorch_loss_with_caffe_preprocessing(
                                rtol=1e-5)
 
 
-def test_keras_h5_features_equal_keras_applications_vgg16(vgg16_keras_h5: Path) -> None:
-    """Independent reference: Keras' own VGG16 with the same file and preprocess_input."""
-    reference = keras.applications.VGG16(weights=None, include_top=False,
-                                         input_shape=(32, 32, 3))
-    reference.load_weights(str(vgg16_keras_h5))
-    tap = keras.Model(reference.input, reference.get_layer("block2_conv2").output)
-    x = images((2, 32, 32, 3), 10)
-    expected = to_numpy(tap(keras.applications.vgg16.preprocess_input(x * 255.0)))
-
-    extractor = FeatureExtractor("vgg16", layers=("block2_conv2",), weights=vgg16_keras_h5)
-    got = to_numpy(extractor(x)["relu2_2"])
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-
-
 def test_backbone_features_equal_pytorch_trunk(vgg11_checkpoint: Path) -> None:
     model, normalization = build_backbone("vgg11", vgg11_checkpoint,
                                           ["conv1_1", "block2_pool", "relu3_2"])
@@ -251,23 +204,22 @@ def test_docstring_examples_run(module: str) -> None:
 
 # ---------------------------------------------------------------------- gradients
 def test_gradient_reaches_prediction_only_and_equals_pytorch(vgg11_checkpoint: Path) -> None:
+    """Input gradients agree with the PyTorch loss; ``test_keras_numerics`` states the bound."""
     options = dict(layers=("relu1_1", "relu2_1"), style_layers=("relu1_1",), pixel_mse=1.0)
     y_true, y_pred = images((2, 16, 16, 3), 13), images((2, 16, 16, 3), 14)
 
     keras_loss = PerceptualLoss("vgg11", weights=vgg11_checkpoint, **options)
-    keras_pred = torch.tensor(y_pred, requires_grad=True)
-    keras_true = torch.tensor(y_true, requires_grad=True)
-    keras_loss(keras_true, keras_pred).backward()
+    _, grad_pred = input_gradient(lambda p: keras_loss(y_true, p), y_pred)
+    _, grad_true = input_gradient(lambda t: keras_loss(t, y_pred), y_true)
 
     torch_loss = TorchPerceptualLoss("vgg11", weights=vgg11_checkpoint, **options)
     torch_pred = nchw(y_pred).clone().requires_grad_(True)
     torch_loss(torch_pred, nchw(y_true)).backward()
 
-    assert keras_true.grad is None
-    assert float(keras_pred.grad.abs().max()) > 0
-    np.testing.assert_allclose(keras_pred.grad.numpy(),
-                               torch_pred.grad.permute(0, 2, 3, 1).numpy(),
-                               rtol=1e-4, atol=1e-8)
+    assert not np.any(grad_true)  # the target runs without gradient
+    assert float(np.abs(grad_pred).max()) > 0
+    np.testing.assert_allclose(grad_pred, torch_pred.grad.permute(0, 2, 3, 1).numpy(),
+                               rtol=1e-4, atol=1e-4 * float(np.abs(grad_pred).max()))
     assert all(not w.trainable for w in keras_loss.extractor.model.weights)
 
 
@@ -497,22 +449,27 @@ def test_a_file_in_the_keras_cache_is_found_and_hash_checked(offline_home: Path,
 
 
 # ---------------------------------------------------------------------- the example
-def test_example_trains_and_predicts_with_tiny_sizes(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(3)
-    checkpoint = tmp_path / "vgg16_random.pth"
-    torch.save(get_backbone("vgg16").build_features().state_dict(), checkpoint)
+@pytest.fixture
+def example(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a module
     spec = importlib.util.spec_from_file_location("keras_unet_example", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "keras_unet_example", example)
-    spec.loader.exec_module(example)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "keras_unet_example", module)
+    spec.loader.exec_module(module)
+    return module
 
+
+TINY = ["--size", "16", "--pairs", "4", "--test-pairs", "2", "--epochs", "2", "--batch-size",
+        "2", "--width", "4", "--depth", "2"]
+
+
+def test_example_trains_and_predicts_with_tiny_sizes(example, tmp_path: Path) -> None:  # noqa: ANN001
+    """The article's workflow end to end: U-Net, feature + pixel MSE, one compile, predict."""
+    checkpoint = random_trunk_file(tmp_path / "vgg16_random.pth", "vgg16", seed=3)
     out = tmp_path / "rows.png"
-    result = example.main(["--size", "16", "--pairs", "4", "--test-pairs", "2", "--epochs", "2",
-                           "--batch-size", "2", "--width", "4", "--depth", "2",
-                           "--layers", "block1_conv2", "relu2_2", "--weights", str(checkpoint),
-                           "--out", str(out)])
+    result = example.main([*TINY, "--layers", "block1_conv2", "relu2_2",
+                           "--weights", str(checkpoint), "--out", str(out)])
 
+    assert result["backend"] == BACKEND
     predicted = result["predicted"]
     assert predicted.shape == (2, 16, 16, 3)
     assert 0.0 <= predicted.min() and predicted.max() <= 1.0
@@ -520,3 +477,17 @@ def test_example_trains_and_predicts_with_tiny_sizes(tmp_path: Path,
     np.testing.assert_allclose(sum(result["parts"].values()), result["loss_after"], rtol=1e-4)
     assert len(result["train_loss"]) == 2 and np.all(np.isfinite(result["train_loss"]))
     assert out.is_file()
+
+
+def test_example_style_variant_trains_against_a_cached_style(example, tmp_path: Path  # noqa: ANN001
+                                                             ) -> None:
+    """Style conversion: fit(x, x), the style image's Grams cached once in the loss."""
+    checkpoint = random_trunk_file(tmp_path / "vgg16_random.pth", "vgg16", seed=4)
+    result = example.main([*TINY, "--task", "style", "--weights", str(checkpoint)])
+
+    assert set(result["parts"]) == {"content/relu3_3", "style/relu1_2", "style/relu2_2",
+                                    "style/relu3_3", "style/relu4_3", "tv"}
+    assert result["parts"]["style/relu1_2"] > 0
+    assert result["predicted"].shape == (2, 16, 16, 3)
+    assert np.all(np.isfinite(result["train_loss"]))
+    assert result["train_loss"][-1] < result["train_loss"][0]

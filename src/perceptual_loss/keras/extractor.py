@@ -7,11 +7,13 @@ and validated by one piece of code for both front ends; only the computation is 
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 
-from perceptual_loss._checks import range_problem
+from perceptual_loss._checks import RANGE_TOLERANCE, range_problem
 from perceptual_loss.extractor import FeatureExtractor as TorchFeatureExtractor
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.backbone import keras_trunk
@@ -36,8 +38,8 @@ class FeatureExtractor:
     Args:
         *args: The arguments of :class:`perceptual_loss.FeatureExtractor` (backbone,
             layers, weights), resolved and loaded by it: the same names, weight files and
-            checks. ``check_values`` runs where tensors hold values (eager execution, the
-            torch backend); compiled JAX or TensorFlow steps skip it.
+            checks. ``check_values`` runs eagerly where tensors hold values and as part of
+            compiled JAX and TensorFlow steps (see :func:`check_range`).
         **kwargs: Its keyword options (``input_range``, ``channel_mode``, ``resize``,
             ``normalization``, ``check_values``, ``progress``, ``pooling``).
 
@@ -182,6 +184,8 @@ def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
     Values can be read only where the tensor holds them: always on the torch backend, in
     eager TensorFlow, and for JAX arrays outside ``jax.jit`` tracing.
     """
+    if keras.backend.is_keras_tensor(x):
+        return None
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -194,28 +198,85 @@ def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
 
         if not tf.executing_eagerly():
             return None
-    elif keras.backend.is_keras_tensor(x):
-        return None
     stats = ops.stack([ops.min(x), ops.max(x)])
     low, high = (float(v) for v in np.asarray(ops.convert_to_numpy(ops.cast(stats, "float32"))))
     return low, high
 
 
 def check_range(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
-    """Check that ``x`` is finite and inside ``input_range`` (skipped inside compiled steps).
+    """Check that ``x`` is finite and inside ``input_range``, eagerly or inside compiled steps.
 
     The same rule and tolerance as the PyTorch side (:func:`perceptual_loss._checks.range_problem`).
+    Where ``x`` holds values (torch backend, eager TensorFlow and JAX) the check runs at once.
+    Inside a compiled step it is part of the step and fails when the step runs: on JAX a
+    ``jax.debug.callback`` raises the same ``ValueError`` (surfacing as a ``JaxRuntimeError``
+    that ends with its message); on TensorFlow a ``tf.debugging.Assert`` raises
+    ``InvalidArgumentError`` ("assertion failed: [y_pred has values outside ...]"). XLA cannot
+    raise from a compiled step (TensorFlow with ``jit_compile=True``, Keras' default on GPUs):
+    there the check is dropped with a warning at tracing time.
 
     Raises:
         ValueError: NaN or Inf, or values outside the range (with the observed min and max).
     """
     observed = concrete_min_max(x)
-    if observed is None:
-        return
+    if observed is not None:
+        _raise_problem(name, observed[0], observed[1], input_range)
+    elif not keras.backend.is_keras_tensor(x):
+        _check_range_in_step(x, name, input_range)
+
+
+def _fix(input_range: tuple[float, float]) -> str:
     low, high = input_range
-    problem = range_problem(
-        name, observed[0], observed[1], input_range,
-        f"bound the model's output (a final sigmoid for (0, 1), tanh for (-1, 1)) or clip it "
-        f"(keras.ops.clip(x, {low:g}, {high:g}))")
+    return (f"bound the model's output (a final sigmoid for (0, 1), tanh for (-1, 1)) or clip "
+            f"it (keras.ops.clip(x, {low:g}, {high:g}))")
+
+
+def _raise_problem(name: str, low: float, high: float, input_range: tuple[float, float]
+                   ) -> None:
+    problem = range_problem(name, low, high, input_range, _fix(input_range))
     if problem is not None:
         raise ValueError(problem)
+
+
+def _check_range_in_step(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
+    """The range check as part of a compiled JAX or TensorFlow step (see :func:`check_range`)."""
+    x = ops.cast(x, "float32")
+    low, high = ops.min(x), ops.max(x)
+    finite = ops.all(ops.isfinite(x))
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def host_check(low: Any, high: Any, finite: Any) -> None:
+            observed_low = float(low) if bool(finite) else math.nan
+            _raise_problem(name, observed_low, float(high), input_range)
+
+        jax.debug.callback(host_check, low, high, finite)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if _in_xla_context():
+            warnings.warn(
+                f"check_values: the range check of {name} cannot run inside an XLA-compiled "
+                "TensorFlow step (jit_compile=True, Keras' default on GPUs); compile with "
+                "jit_compile=False to keep it, or pass check_values=False to silence this.",
+                RuntimeWarning, stacklevel=4)
+            return
+        start, stop = input_range
+        slack = RANGE_TOLERANCE * (stop - start)
+        inside = tf.logical_and(finite, tf.logical_and(low >= start - slack, high <= stop + slack))
+        tf.debugging.Assert(inside, [
+            f"{name} has values outside input_range=({start:g}, {stop:g}) or NaN/Inf; observed "
+            "min, max:", low, high,
+            f"Declare the range your images use (e.g. input_range=(-1, 1) or (0, 255)), "
+            f"{_fix(input_range)}, or pass check_values=False to skip this check."])
+
+
+def _in_xla_context() -> bool:
+    """Whether TensorFlow is tracing a function compiled by XLA (``jit_compile=True``)."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without this module
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))

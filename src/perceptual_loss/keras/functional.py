@@ -36,6 +36,17 @@ def _float32(x: Tensor) -> Tensor:
     return ops.cast(x, "float32")
 
 
+def _mean(x: Tensor, axis: int | tuple[int, ...]) -> Tensor:
+    """``ops.mean`` that keeps float64 in float64 (Keras' torch backend averages it in float32)."""
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.mean(x, axis=axis)
+    axes = (axis,) if isinstance(axis, int) else axis
+    count = 1
+    for a in axes:
+        count = count * ops.shape(x)[a]
+    return ops.sum(x, axis=axis) / ops.cast(count, x.dtype)
+
+
 def gram_matrix(features: Tensor) -> Tensor:
     """Gram matrices of channels-last feature maps, normalised by ``C * H * W``.
 
@@ -115,7 +126,7 @@ def feature_distance(prediction: Tensor, target: Tensor, criterion: Criterion = 
         per_element = ops.sqrt(ops.square(diff) + eps * eps)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    return ops.mean(per_element, axis=tuple(range(1, len(per_element.shape))))
+    return _mean(per_element, axis=tuple(range(1, len(per_element.shape))))
 
 
 def total_variation(images: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
@@ -143,7 +154,7 @@ def total_variation(images: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
         dy, dx = ops.square(dy), ops.square(dx)
     else:
         raise ValueError(f"kind must be 'l1' or 'l2'; got {kind!r}")
-    return ops.mean(dy, axis=(1, 2, 3)) + ops.mean(dx, axis=(1, 2, 3))
+    return _mean(dy, axis=(1, 2, 3)) + _mean(dx, axis=(1, 2, 3))
 
 
 def ssim(prediction: Tensor, target: Tensor, *, data_range: float = 1.0,
@@ -187,7 +198,7 @@ def ssim(prediction: Tensor, target: Tensor, *, data_range: float = 1.0,
     cov = blur(x * y) - mu_x * mu_y
     contrast = (2 * cov + c2) / (var_x + var_y + c2)
     ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)) * contrast
-    return ops.mean(ssim_map, axis=(1, 2, 3))
+    return _mean(ssim_map, axis=(1, 2, 3))
 
 
 def _match_batch(reference: Tensor, like: Tensor) -> Tensor:
@@ -205,7 +216,7 @@ def _per_image(values: Tensor, n: Any) -> Tensor:
     """Average per-image values over the channels that ``per_channel`` mode stacked."""
     if values.shape[0] is not None and values.shape[0] == n:
         return values
-    return ops.mean(ops.reshape(values, (n, -1)), axis=1)
+    return _mean(ops.reshape(values, (n, -1)), axis=1)
 
 
 #: Keras primitives for :func:`perceptual_loss.recipe.feature_terms` and ``pixel_terms``.

@@ -32,6 +32,8 @@ ops = keras.ops
 
 __all__ = ["PerceptualLoss"]
 
+_IMAGE = "__image__"  # the cached target image, next to its feature maps
+
 Tensor = Any  # a backend tensor (torch.Tensor, jax.Array, tf.Tensor)
 
 # Keras' names for the reductions, mapped to the PyTorch vocabulary they equal for (N,) losses.
@@ -60,7 +62,11 @@ class PerceptualLoss(keras.losses.Loss):
     target image, the frozen backbone runs inside the loss, and ``model.predict`` gives images.
 
     Keras passes ``(y_true, y_pred)``; the target goes through the backbone without gradient.
-    Backend-agnostic (``keras.ops`` only): tested on the torch and JAX backends.
+    A target that never changes can be cached with :meth:`set_target` (then ``y_true`` is
+    ignored) and a style image's Gram matrices with :meth:`set_style_target`.
+    Backend-agnostic (``keras.ops`` only): tested on the torch, JAX and TensorFlow backends.
+    Gram matrices, feature norms and distances are computed in float32 under a
+    ``mixed_float16`` policy (the backbone itself runs in the policy's dtype).
 
     Args:
         backbone: Backbone name (``vgg16``, ``vgg19``, ``vgg16_bn``, ...).
@@ -90,8 +96,10 @@ class PerceptualLoss(keras.losses.Loss):
         normalization: Override the normalisation implied by the weights.
         reduction: ``"mean"`` (Keras' ``"sum_over_batch_size"``), ``"sum"`` or ``"none"``
             (``(N,)``); ``"mean_with_sample_weight"`` is passed on to Keras.
-        check_values: Check both images for NaN/Inf and range where they hold values (eager
-            steps, e.g. the torch backend); compiled JAX/TensorFlow steps skip it.
+        check_values: Check both images for NaN/Inf and values outside ``input_range``:
+            eagerly, and inside compiled JAX/TensorFlow steps as part of the step (an error
+            when the step runs; XLA-compiled TensorFlow steps cannot raise and warn instead).
+            ``False`` skips it (it costs a device synchronisation per image).
         charbonnier_eps: Smoothing constant of the Charbonnier distance.
         pooling: ``"max"`` (default) or ``"avg"`` (2x2 average pooling instead, same weights).
         name: Name of the loss (Keras logs it).
@@ -144,6 +152,8 @@ class PerceptualLoss(keras.losses.Loss):
         self.extractor: FeatureExtractor | None = (
             FeatureExtractor.from_recipe(self.recipe) if self.recipe.feature_layers else None)
         self._cached_style: dict[str, Tensor] | None = None
+        self._cached_target: dict[str, Tensor] | None = None
+        self._target_grams: dict[str, Tensor] | None = None
 
     def __getattr__(self, name: str) -> Any:
         recipe = self.__dict__.get("recipe")
@@ -152,6 +162,11 @@ class PerceptualLoss(keras.losses.Loss):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ------------------------------------------------------------------ Keras API
+    def __call__(self, y_true: Tensor | None, y_pred: Tensor, sample_weight: Tensor | None = None
+                 ) -> Tensor:
+        """The reduced loss; ``y_true`` may be ``None`` once :meth:`set_target` cached one."""
+        return super().__call__(self._true_or_placeholder(y_true, y_pred), y_pred, sample_weight)
+
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """Per-sample loss ``(N,)``; Keras applies the reduction and any sample weights."""
         terms = list(self._terms(y_true, y_pred).values())
@@ -173,11 +188,12 @@ class PerceptualLoss(keras.losses.Loss):
         return config
 
     # ------------------------------------------------------------------ extras
-    def compute_parts(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
+    def compute_parts(self, y_true: Tensor | None, y_pred: Tensor) -> dict[str, Tensor]:
         """Each term's weighted contribution, for logging.
 
         Args:
-            y_true: ``(N, H, W, C)`` target images.
+            y_true: ``(N, H, W, C)`` target images (ignored, and may be ``None``, after
+                :meth:`set_target`).
             y_pred: ``(N, H, W, C)`` predictions.
 
         Returns:
@@ -186,7 +202,7 @@ class PerceptualLoss(keras.losses.Loss):
             ``reduction="none"``, else reduced like the loss (without sample weights).
             Gradients are stopped.
         """
-        y_true = ops.convert_to_tensor(y_true, dtype=self.dtype)
+        y_true = ops.convert_to_tensor(self._true_or_placeholder(y_true, y_pred), dtype=self.dtype)
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         parts = {}
         for name, value in self._terms(y_true, y_pred).items():
@@ -198,12 +214,49 @@ class PerceptualLoss(keras.losses.Loss):
             parts[name] = value
         return parts
 
+    def set_target(self, target: Tensor) -> None:
+        """Cache a target that never changes; afterwards ``y_true`` is ignored.
+
+        Keras always passes ``y_true``; with a cached target the loss compares ``y_pred`` with
+        this target instead, whatever ``y_true`` holds: fit with any array of the right
+        length (``model.fit(x, x)``), or call ``loss(None, y_pred)``. The target's feature maps
+        (and Gram matrices for style layers) are computed once, so each step runs the backbone
+        on ``y_pred`` only. Pixel, SSIM and TV terms use the cached image too.
+
+        On JAX and TensorFlow a compiled step holds the values it was traced with: set
+        targets before ``compile`` and compile again after changing them. Cached targets are
+        not saved with the model.
+
+        Args:
+            target: ``(1, H, W, C)`` (shared by every sample) or ``(N, H, W, C)`` (one per
+                sample of a batch of exactly ``N``), in ``input_range``, the size of
+                ``y_pred``.
+
+        Raises:
+            ValueError: The image is invalid (rank, channels, size, values).
+        """
+        target = ops.convert_to_tensor(target, dtype=self.dtype)
+        if self.extractor is None and self.recipe.check_values:
+            check_range(target, "target", self.recipe.input_range)
+        cached: dict[str, Tensor] = {_IMAGE: ops.stop_gradient(target)}
+        grams: dict[str, Tensor] = {}
+        if self.extractor is not None:
+            feats = self.extractor(target, "target")
+            cached.update({n: ops.stop_gradient(feats[n]) for n in self.recipe.layers})
+            grams = {n: ops.stop_gradient(gram_matrix(feats[n])) for n in self.recipe.style_layers}
+        self._cached_target, self._target_grams = cached, grams or None
+
+    def clear_target(self) -> None:
+        """Forget the target cached by :meth:`set_target`: ``y_true`` is used again."""
+        self._cached_target = self._target_grams = None
+
     def set_style_target(self, style_image: Tensor) -> None:
         """Compute and cache the Gram matrices of a style image that never changes.
 
         Afterwards the style term compares against these Grams whatever ``y_true`` is
         (content terms still use ``y_true``): the style-transfer setting, where ``y_true`` is
-        the content image. The style image may have any size.
+        the content image. The style image may have any size. As for :meth:`set_target`,
+        compiled JAX/TensorFlow steps hold the Grams they were traced with.
 
         Args:
             style_image: ``(1, H, W, C)`` (shared by the batch) or ``(N, H, W, C)``.
@@ -223,6 +276,11 @@ class PerceptualLoss(keras.losses.Loss):
         """Forget the Gram matrices cached by :meth:`set_style_target`."""
         self._cached_style = None
 
+    def clear_targets(self) -> None:
+        """Forget everything cached by :meth:`set_target` and :meth:`set_style_target`."""
+        self.clear_target()
+        self.clear_style_target()
+
     # ------------------------------------------------------------------ maths
     def _check_pair(self, y_true: Tensor, y_pred: Tensor) -> None:
         true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
@@ -234,24 +292,55 @@ class PerceptualLoss(keras.losses.Loss):
                 f"and {pred_shape}. The model must output images of the target's size."
             )
 
+    def _true_or_placeholder(self, y_true: Tensor | None, y_pred: Tensor) -> Tensor:
+        """``y_true``, or ``y_pred`` standing in for it (unused) when a target is cached."""
+        if y_true is not None:
+            return y_true
+        if self._cached_target is None:
+            raise ValueError("y_true is None: pass the target images, or cache a fixed target "
+                             "with loss.set_target(image)")
+        return y_pred
+
     def _terms(self, y_true: Tensor, y_pred: Tensor) -> dict[str, Tensor]:
         """``{term name: (N,) weighted value}`` in the order of the recipe."""
-        self._check_pair(y_true, y_pred)
-        y_true = ops.stop_gradient(y_true)
         recipe = self.recipe
+        cached = self._cached_target
+        if cached is None:
+            self._check_pair(y_true, y_pred)
+            target_image = ops.stop_gradient(y_true)
+        else:
+            self._check_cached(cached[_IMAGE], y_pred)
+            target_image = cached[_IMAGE]
+        grams = self._cached_style or (self._target_grams if cached is not None else None)
         terms: dict[str, Tensor] = {}
         if self.extractor is not None:
             predicted = self.extractor(y_pred, "y_pred")
-            needed = recipe.target_layers(self._cached_style is not None)
-            target = ({k: ops.stop_gradient(v) for k, v in self.extractor(y_true, "y_true").items()}
-                      if needed else {})
+            if cached is not None:
+                target = cached
+            elif recipe.target_layers(grams is not None):
+                target = {k: ops.stop_gradient(v)
+                          for k, v in self.extractor(target_image, "y_true").items()}
+            else:
+                target = {}
             maps = [(layer, predicted[layer], target.get(layer))
                     for layer in recipe.feature_layers]
-            terms.update(feature_terms(recipe, maps, KERAS_OPS, ops.shape(y_pred)[0],
-                                       self._cached_style))
+            terms.update(feature_terms(recipe, maps, KERAS_OPS, ops.shape(y_pred)[0], grams))
         if recipe.has_pixel_terms:
             if self.extractor is None and recipe.check_values:
                 check_range(y_pred, "y_pred", recipe.input_range)
-                check_range(y_true, "y_true", recipe.input_range)
-            terms.update(pixel_terms(recipe, y_pred, y_true, KERAS_OPS))
+                if cached is None:
+                    check_range(target_image, "y_true", recipe.input_range)
+            terms.update(pixel_terms(recipe, y_pred, target_image, KERAS_OPS))
         return terms
+
+    @staticmethod
+    def _check_cached(image: Tensor, y_pred: Tensor) -> None:
+        cached, pred = tuple(image.shape), tuple(y_pred.shape)
+        fits = len(cached) == len(pred) and all(
+            a is None or b is None or a == b for a, b in zip(cached[1:], pred[1:], strict=True))
+        if not fits or (pred[0] is not None and cached[0] not in (1, pred[0])):
+            raise ValueError(
+                f"the cached target has shape {cached}, y_pred {pred}: cache one image (batch "
+                "1, shared by every sample) or a batch of the same size with set_target(), "
+                "or clear_target() to use y_true"
+            )
