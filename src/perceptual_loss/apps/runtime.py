@@ -21,6 +21,7 @@ __all__ = [
     "DIST_TIMEOUT_ENV",
     "DistributedContext",
     "NoProgress",
+    "advance",
     "progress_bar",
     "setup_distributed",
     "worker_init",
@@ -135,8 +136,24 @@ def worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def advance(bar: Any, record: dict[str, float], done: int, total: int) -> None:
+    """Show one more step with its values, drawing the final 100% line once.
+
+    ``update()`` redraws when its interval has passed, and ``close()`` draws the last line
+    again: the last step only moves the counter, so ``close()`` prints 100% once, with the
+    last values.
+    """
+    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"}, refresh=False)
+    if done < total:
+        bar.update(1)
+    else:
+        bar.n = done
+
+
 class NoProgress:
     """A progress bar that shows nothing (other ranks, ``--no-progress``)."""
+
+    n = 0
 
     def update(self, count: int = 1) -> None:
         """Ignore progress."""

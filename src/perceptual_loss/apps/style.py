@@ -35,6 +35,7 @@ from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
 from perceptual_loss.apps.loss_mix import DEFAULT_STYLE_LAYERS, default_layers_for
 from perceptual_loss.apps.models import TransformerNet, build_model
 from perceptual_loss.apps.reports import predict
+from perceptual_loss.apps.runtime import advance, progress_bar
 from perceptual_loss.apps.training import TrainConfig, TrainResult, _crops_per_epoch, fit
 
 __all__ = [
@@ -359,12 +360,8 @@ def optimize_image(
     else:
         optim = torch.optim.Adam([image], lr=learning_rate or 0.02)
     history: list[dict[str, float]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"style-optimize ({optimizer})", unit="step",
-                   dynamic_ncols=True)
+    bar = progress_bar(steps, enabled=progress, description=f"style-optimize ({optimizer})",
+                       unit="step")
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
@@ -388,18 +385,12 @@ def optimize_image(
                     f"the loss became {history[-1]['loss']} at step {step}; lower the learning "
                     "rate or the style weight"
                 )
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    {k: f"{v:.3g}" for k, v in history[-1].items() if k != "step"},
-                    refresh=False,
-                )
+            advance(bar, history[-1], step, steps)
             if callback is not None:
                 with torch.no_grad():
                     callback(step, image.detach().clamp(0, 1).squeeze(0).cpu())
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     with torch.no_grad():
         result = image.detach().clamp(0.0, 1.0).squeeze(0).cpu()
     return result, history

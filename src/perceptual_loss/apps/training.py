@@ -57,6 +57,7 @@ from perceptual_loss.apps.reports import (
 )
 from perceptual_loss.apps.runtime import (
     DistributedContext,
+    advance,
     progress_bar,
     setup_distributed,
     worker_init,
@@ -360,9 +361,7 @@ class _Run:
                     if index < skip:
                         continue
                     self._one_step(train_model, inputs, targets)
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in self.history[-1].items()
-                                     if k != "step"}, refresh=False)
+                    advance(bar, self.history[-1], self.step, config.steps)
                     self._periodic(samples)
                     if self.step >= config.steps:
                         break
