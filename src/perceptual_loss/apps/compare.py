@@ -52,6 +52,7 @@ __all__ = [
     "compare_folders",
     "compare_images",
     "match_folders",
+    "pair_channels",
     "parse_metrics",
     "psnr_from_mse",
     "summarize",
@@ -326,7 +327,7 @@ class ImageScorer:
         return {name: out[name] for name in self.value_names()}
 
 
-def _pair_channels(image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def pair_channels(image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Repeat a 1-channel image to 3 channels when its partner is RGB."""
     if image_a.shape[0] == 1 and image_b.shape[0] == 3:
         image_a = image_a.expand(3, -1, -1)
@@ -341,7 +342,7 @@ def load_pair(path_a: str | Path, path_b: str | Path) -> tuple[torch.Tensor, tor
     Raises:
         ValueError: When the two images differ in size (the message gives both sizes).
     """
-    image_a, image_b = _pair_channels(load_image(path_a), load_image(path_b))
+    image_a, image_b = pair_channels(load_image(path_a), load_image(path_b))
     if image_a.shape[-2:] != image_b.shape[-2:]:
         raise ValueError(
             f"{path_a} is {image_a.shape[-1]}x{image_a.shape[-2]} pixels but {path_b} is "

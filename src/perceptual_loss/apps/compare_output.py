@@ -12,7 +12,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from perceptual_loss.apps.compare import PairScore
 
-__all__ = ["summarize", "write_csv", "write_json"]
+__all__ = ["format_value", "summarize", "write_csv", "write_json"]
+
+
+def format_value(name: str, value: float | None) -> str:
+    """A metric's value as shown in tables: PSNR 2 decimals, SSIM 4, others 4 digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if name == "psnr":
+        return f"{value:.2f}"
+    if name == "ssim":
+        return f"{value:.4f}"
+    return f"{value:.4g}"
 
 
 def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from perceptual_loss.apps.compare import ImageScorer, PairScore, summarize
+from perceptual_loss.apps.compare import ImageScorer, PairScore, pair_channels, summarize
+from perceptual_loss.apps.compare_output import format_value
 from perceptual_loss.apps.io import TransparencyWarning, load_image
 
 __all__ = [
@@ -99,15 +100,6 @@ def worst_first(scores: Sequence[PairScore], metric: str | None) -> list[PairSco
         return math.inf if math.isnan(value) else sign * value
 
     return sorted(scores, key=key)
-
-
-def _pair_channels(image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Repeat a 1-channel image to 3 channels when its partner is RGB (as the scores do)."""
-    if image_a.shape[0] == 1 and image_b.shape[0] == 3:
-        image_a = image_a.expand(3, -1, -1)
-    elif image_b.shape[0] == 1 and image_a.shape[0] == 3:
-        image_b = image_b.expand(3, -1, -1)
-    return image_a, image_b
 
 
 class DistanceMapper:
@@ -188,7 +180,7 @@ class DistanceMapper:
         Returns:
             ``(H, W)`` float32 tensor on the CPU, values ``>= 0``.
         """
-        image_a, image_b = _pair_channels(image_a, image_b)
+        image_a, image_b = pair_channels(image_a, image_b)
         a = image_a[None].to(self.device, torch.float32)
         b = image_b[None].to(self.device, torch.float32)
         height, width = a.shape[-2:]
@@ -263,18 +255,6 @@ def _colorbar(colormap: str, width: int = 256, height: int = 14) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 # the page
 # --------------------------------------------------------------------------------------------
-def _format(name: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if name == "psnr":
-        return f"{value:.2f}"
-    if name == "ssim":
-        return f"{value:.4f}"
-    return f"{value:.4g}"
-
-
 def _data_value(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "NaN"
@@ -310,11 +290,11 @@ def _table(ordered: Sequence[PairScore], value_names: Sequence[str], first: str 
                  f"{score.width}&times;{score.height}</td>"]
         for name in value_names:
             value = score.values.get(name)
-            cells.append(f'<td data-value="{_data_value(value)}">{_format(name, value)}</td>')
+            cells.append(f'<td data-value="{_data_value(value)}">{format_value(name, value)}</td>')
         rows.append(f'<tr data-pair="{index}">' + "".join(cells) + "</tr>")
     summary = summarize(ordered)
     mean = [f"<td>mean of {len(ordered)}</td>", "<td></td>"]
-    mean += [f"<td>{_format(name, summary.get(name))}</td>" for name in value_names]
+    mean += [f"<td>{format_value(name, summary.get(name))}</td>" for name in value_names]
     return (
         '<table id="scores"><thead><tr>' + "".join(heads) + "</tr></thead>\n<tbody>\n"
         + "\n".join(rows) + "\n</tbody>\n<tfoot><tr>" + "".join(mean) + "</tr></tfoot></table>"
@@ -328,7 +308,7 @@ def _card(index: int, score: PairScore, value_names: Sequence[str], files: dict[
     load = ' loading="lazy"' if lazy else ""
     dims = f'width="{width}" height="{height}"'
     shown = [name for name in value_names if not name.startswith("perceptual/")]
-    numbers = " &middot; ".join(f"{e(_header(n))} {_format(n, score.values.get(n))}"
+    numbers = " &middot; ".join(f"{e(_header(n))} {format_value(n, score.values.get(n))}"
                                 for n in shown)
     return f"""<section class="card" id="pair-{index}" data-pair="{index}">
 <h3><span class="rank" title="rank by {e(first or 'name')}, worst first">#{index + 1}</span> \
@@ -452,7 +432,7 @@ def write_html_report(
         for index, score in enumerate(ordered):
             with warnings.catch_warnings():  # the scores already said so
                 warnings.simplefilter("ignore", TransparencyWarning)
-                image_a, image_b = _pair_channels(load_image(score.path_a),
+                image_a, image_b = pair_channels(load_image(score.path_a),
                                                   load_image(score.path_b))
             if image_a.shape[-2:] != image_b.shape[-2:]:
                 raise ValueError(

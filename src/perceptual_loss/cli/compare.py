@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -27,23 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["compare"]
 
 
-def _format(name: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if name == "psnr":
-        return f"{value:.2f}"
-    if name == "ssim":
-        return f"{value:.4f}"
-    return f"{value:.4g}"
-
-
 def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from perceptual_loss.apps.compare import summarize
+    from perceptual_loss.apps.compare_output import format_value
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     headers = {"psnr": "psnr (dB)"}
@@ -56,7 +44,7 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
             label = headers.get(name, name)
             if name.startswith("perceptual/"):
                 label = "  " + name
-            table.add_row(label, _format(name, score.values[name]))
+            table.add_row(label, format_value(name, score.values[name]))
         console.print(table)
         return
     table = Table(title=f"{len(scores)} pairs")
@@ -64,11 +52,18 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
     for name in value_names:
         table.add_column(headers.get(name, name.removeprefix("perceptual/")), justify="right")
     for score in scores:
-        table.add_row(score.name, *(_format(name, score.values[name]) for name in value_names))
+        table.add_row(score.name, *(format_value(name, score.values[name]) for name in value_names))
     summary = summarize(scores)
     table.add_section()
-    table.add_row("mean", *(_format(name, summary.get(name)) for name in value_names))
+    table.add_row("mean", *(format_value(name, summary.get(name)) for name in value_names))
     console.print(table)
+
+
+def _file_option(flag: str, name: str, what: str) -> Any:
+    """An output-file option that also takes '-' for stdout."""
+    return click.option(flag, name, type=click.Path(dir_okay=False, path_type=Path,
+                                                    allow_dash=True), default=None,
+                        help=f"Write {what} to this file ('-' for stdout, instead of the table).")
 
 
 @click.command(cls=PerceptualCommand)
@@ -110,22 +105,11 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
     "--tile-size",
     type=click.IntRange(min=32),
     default=None,
-    help="Evaluate lpips in tiles of this many pixels a side (bounded memory on large images).",
+    help="Images larger than this many pixels a side are scored in overlapping tiles by the "
+    "perceptual and lpips metrics (bounded memory, same values). Default: 512.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    default=None,
-    help="Write the scores as JSON to this file ('-' for stdout, instead of the table).",
-)
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-    default=None,
-    help="Write one CSV row per pair to this file ('-' for stdout, instead of the table).",
-)
+@_file_option("--json", "json_path", "the scores as JSON")
+@_file_option("--csv", "csv_path", "one CSV row per pair")
 @click.option(
     "--html",
     "html_dir",
