@@ -29,8 +29,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from perceptual_loss import PerceptualLoss, WeightsNotFoundError
+from perceptual_loss.apps.data import GaussianNoise, center_crop, load_sample_images
+from perceptual_loss.apps.io import load_image, save_grid
+from perceptual_loss.apps.models import UNet
+from perceptual_loss.apps.training import LossConfig, TrainConfig, train_restoration
 from perceptual_loss.apps.visualize import distortion_figure
+from perceptual_loss.backbones import get_backbone
+from perceptual_loss.losses import PerceptualLoss
+from perceptual_loss.weights import WeightsNotFoundError, resolve_weight_file, resolve_weights
 
 __all__ = [
     "DISTORTIONS",
@@ -143,7 +149,9 @@ def resolve_demo_weights(
     if weights is None:
         return None, "random weights were asked for (--weights random)"
     try:
-        PerceptualLoss(backbone, DEMO_LAYERS[:1], weights)
+        choice = resolve_weights(weights, get_backbone(backbone))
+        if choice.spec is not None:
+            resolve_weight_file(choice.spec)  # found or downloaded, hash checked; nothing built
     except WeightsNotFoundError as error:
         return None, str(error)
     return weights, None
@@ -304,17 +312,12 @@ def _train_denoisers(
     notes: Sequence[str],
     echo: Callable[[str], None],
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]], dict[str, Path]]:
-    from perceptual_loss.apps.data import GaussianNoise, load_sample_images
-    from perceptual_loss.apps.models import UNet
-    from perceptual_loss.apps.training import LossConfig, TrainConfig, train_restoration
 
     train_names = ("astronaut", "coffee", "rocket", "immunohistochemistry")
     held_names = ("chelsea",)
     train_images = load_sample_images(train_names)
     held_images = load_sample_images(held_names)
     if config.quick:
-        from perceptual_loss.apps.data import center_crop
-
         train_images = [center_crop(image, 64) for image in train_images]
         held_images = [center_crop(image, 48) for image in held_images]
     noise = GaussianNoise(config.noise_sigma)
@@ -355,8 +358,6 @@ def _comparison_figure(
     note: str | None = None,
 ) -> None:
     """Noisy input, both denoisers' outputs and the clean picture, with their own scores."""
-    from perceptual_loss.apps.io import load_image, save_grid
-
     stem = "chelsea"
     first = next(iter(folders.values())) / "eval"
     row = [load_image(first / f"{stem}_input.png", mode="rgb")]
@@ -469,7 +470,6 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
 
 def _run_demo(config: DemoConfig, echo: Callable[[str], None],
               warn: Callable[[str], None]) -> DemoResult:
-    from perceptual_loss.apps.data import load_sample_images
 
     config = config.effective()
     started = time.perf_counter()

@@ -39,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from perceptual_loss import __version__
 from perceptual_loss.apps.compare import ImageScorer, PairScore, pair_channels, summarize
 from perceptual_loss.apps.compare_output import format_value
 from perceptual_loss.apps.io import TransparencyWarning, load_image
+from perceptual_loss.extractor import FeatureExtractor
+from perceptual_loss.metrics import LPIPS
 
 __all__ = [
     "DistanceMapper",
@@ -123,8 +126,6 @@ class DistanceMapper:
         self._layers: tuple[str, ...] = ()
         config = scorer.config
         if scorer.lpips is not None:
-            from perceptual_loss import LPIPS
-
             self.kind = "lpips"
             net = str(config.get("lpips_net") or "alex")
             spatial = LPIPS(net, weights=None, spatial=True, reduction="none",
@@ -157,8 +158,6 @@ class DistanceMapper:
 
     def _perceptual_extractor(self, scorer: ImageScorer) -> torch.nn.Module:
         """The perceptual loss's own extractor, or a FeatureExtractor with its weights."""
-        from perceptual_loss import FeatureExtractor
-
         own = getattr(scorer.perceptual, "extractor", None)
         if isinstance(own, FeatureExtractor):
             return own
@@ -465,8 +464,6 @@ def write_html_report(
     a_name, b_name = config.get("a"), config.get("b")
     title = title or (f"{a_name} vs {b_name}" if a_name and b_name else
                       f"{len(ordered)} image pairs")
-    from perceptual_loss import __version__ as version
-
     extra = {
         "pairs": str(len(ordered)),
         "first sorted by": f"{first} (worst first)" if first else "name",
@@ -476,7 +473,7 @@ def write_html_report(
             f"largest {SCALE_PERCENTILE:g}th percentile of the pairs' maps, shared by all pairs"
         ),
         "written": _datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "perceptual-loss": str(version),
+        "perceptual-loss": str(__version__),
     }
     replacements = {
         "title": html.escape(title),

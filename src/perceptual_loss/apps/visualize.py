@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from perceptual_loss.apps.io import grid_shape, save_grid
+from perceptual_loss.backbones import get_backbone
+from perceptual_loss.extractor import FeatureExtractor
 
 __all__ = [
     "DEFAULT_FEATURE_LAYERS",
@@ -57,8 +59,6 @@ def default_feature_layers(backbone: str) -> tuple[str, ...]:
     Raises:
         ValueError: For an unknown backbone (the message lists the known ones).
     """
-    from perceptual_loss.backbones import get_backbone
-
     names = get_backbone(backbone).layer_names
     chosen = tuple(names[i - 1] for i, name in enumerate(names) if name.startswith("pool") and i)
     return chosen or (names[-1],)
@@ -113,8 +113,6 @@ def extract_feature_maps(
         ValueError: For unknown layers, an image too small for the deepest layer, or values
             outside ``[0, 1]`` (raised by the library).
     """
-    from perceptual_loss import FeatureExtractor
-
     if image.ndim != 3:
         raise ValueError(f"image must have shape (C, H, W), got {tuple(image.shape)}")
     extractor = FeatureExtractor(backbone, layers=tuple(layers), weights=weights).to(device)
