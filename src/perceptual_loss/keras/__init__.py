@@ -6,7 +6,9 @@ backend first (``KERAS_BACKEND=torch``, ``jax`` or ``tensorflow``).
 
 The backbone is the same VGG with the same weight files as the PyTorch side: the torchvision
 ``.pth`` files and the Keras Applications "notop" HDF5 files (``weights="keras-imagenet"``,
-with their Caffe preprocessing), resolved by :mod:`perceptual_loss.weights`.
+with their Caffe preprocessing), resolved by :mod:`perceptual_loss.weights`, and any VGG file
+Keras writes (legacy ``.h5``, ``.weights.h5``, ``.keras``). Tested on the torch, JAX and
+TensorFlow backends.
 
 Example:
     >>> import keras
