@@ -126,8 +126,11 @@ def backend_installed(module: str) -> bool:
 
 
 def run_keras_tests(backend: str, files: Sequence[str] = KERAS_TEST_FILES, *,
-                    timeout: float = 1500, extra: Sequence[str] = ()) -> str:
+                    timeout: float = 840, extra: Sequence[str] = ()) -> str:
     """Run the backend-agnostic Keras test files under ``backend`` in a fresh interpreter.
+
+    The deadline stays below pytest-timeout's 900 s, so a hung child is killed with its group
+    and reported here.
 
     Returns:
         pytest's output; the calling test fails with its tail when any test fails.
