@@ -82,3 +82,13 @@ def test_the_per_chunk_backward_is_exact_for_any_function_of_the_loss():
         assert set(parts) == {"content/relu1_1", "content/relu2_1", "style/relu1_1",
                               "pixel/l1"}
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_per_chunk_backward_runs_under_a_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loss_fn = PerceptualLoss("vgg11", layers=("relu1_1",), weights=None, chunk_size=1)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(x, torch.rand(2, 3, 16, 16)).backward()
+    assert counter.get_total_flops() > 0 and torch.isfinite(x.grad).all()

@@ -73,8 +73,10 @@ def run_chunks(prediction: torch.Tensor, chunk: int, terms_of: ChunkTerms, *,
         rows_input = prediction[rows].detach().requires_grad_()
         with torch.enable_grad():
             part = terms_of(rows_input, rows)
-            (gradient[rows],) = torch.autograd.grad(torch.stack(list(part.values())).sum(),
-                                                    rows_input)
+            # backward(inputs=...) rather than autograd.grad: hooks that watch the graph
+            # (FlopCounterMode's module tracker) refuse a grad() call made inside a forward.
+            torch.stack(list(part.values())).sum().backward(inputs=[rows_input])
+        gradient[rows] = rows_input.grad
         parts.append({name: value.detach() for name, value in part.items()})
         del part, rows_input
     terms = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
