@@ -158,3 +158,20 @@ def test_bad_options():
 def test_feature_info_strides_are_exact(backbone, layer, stride):
     fx = FeatureExtractor(backbone, layers=(layer,), weights=None)
     assert fx.feature_info[layer]["stride"] == stride
+
+
+@pytest.mark.parametrize("memory", ["lean", "plain"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_pre_activation_tap_keeps_its_negatives_when_deeper_layers_follow(memory, grad):
+    torch.manual_seed(0)
+    deep = FeatureExtractor("vgg11", layers=("conv2_1", "relu3_2"), weights=None,
+                            memory=memory, channels_last=False)
+    alone = FeatureExtractor("vgg11", layers=("conv2_1",), weights=None, memory=memory,
+                             channels_last=False)
+    alone.body.load_state_dict(deep.body.state_dict(), strict=False)
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    with torch.set_grad_enabled(grad):
+        tapped = deep(x.clone().requires_grad_(grad))["conv2_1"]
+        expected = alone(x.clone().requires_grad_(grad))["conv2_1"]
+    assert float(tapped.min()) < 0  # an in-place ReLU of the next segment did not reach it
+    torch.testing.assert_close(tapped, expected)

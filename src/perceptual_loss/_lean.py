@@ -514,7 +514,8 @@ def _run_fused(step: _Step, modules: Sequence[nn.Module], x: Tensor,
     return None, result
 
 
-def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan) -> dict[int, Tensor]:
+def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan, *,
+                 protect_input: bool = False) -> dict[int, Tensor]:
     """Run ``modules`` on ``x`` with lean autograd and return the wanted outputs.
 
     Without autograd (``torch.no_grad()``, or an input and frozen modules that need no
@@ -525,6 +526,8 @@ def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan) -> dic
         x: Input batch ``(N, C, H, W)``, any float dtype, contiguous or ``channels_last``;
             autocast is honoured exactly as the plain modules honour it.
         plan: From :func:`build_plan`.
+        protect_input: ``x`` is a tap the caller already handed out: never modify it in place
+            (an in-place ReLU first in ``modules`` runs out of place).
 
     Returns:
         ``{module index: output}`` for every index in ``plan.keep``. Values are bit-identical
@@ -541,7 +544,8 @@ def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan) -> dic
         if not needs_grad or step.kind == "plain" or not _still_lean(step, modules):
             for index in range(step.first, step.last + 1):
                 module = modules[index]
-                if isinstance(module, nn.ReLU) and index - 1 in plan.keep:
+                if isinstance(module, nn.ReLU) and (index - 1 in plan.keep
+                                                    or (index == 0 and protect_input)):
                     x = torch.relu(x)  # never overwrite a kept output in place
                 else:
                     x = module(x)

@@ -288,15 +288,17 @@ class FeatureExtractor(nn.Module):
         for start, plan, keep in self._segments:
             modules = trunk[start: start + keep[-1] + 1]
             if self.memory == "lean":
-                outputs = lean_forward(modules, x, plan)
+                outputs = lean_forward(modules, x, plan, protect_input=start > 0)
                 for local in keep:
                     yield self._taps[start + local], outputs[local]
                 x = outputs[keep[-1]]
                 del outputs
                 continue
             for local, module in enumerate(modules):
-                if isinstance(module, nn.ReLU) and (local - 1) in keep:
-                    x = F.relu(x)  # never overwrite the tapped pre-activation in place
+                # x entering a segment after the first is a tap already handed out
+                if isinstance(module, nn.ReLU) and ((local - 1) in keep
+                                                    or (local == 0 and start > 0)):
+                    x = F.relu(x)  # never overwrite a tapped output in place
                 else:
                     x = module(x)
                 if local in keep:
