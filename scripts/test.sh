@@ -3,12 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all,test
-# The Keras loss is also tested on the JAX backend when JAX installs from the registry
-# (CPU wheels); its tests skip without it.
-if ! .venv/bin/python -c "import jax" 2>/dev/null; then
-  .venv/bin/python -m pip install --quiet jax jaxlib \
-    || echo "JAX could not be installed: the Keras-on-JAX tests will be skipped"
-fi
+# The Keras loss is tested on every backend: torch (installed), and JAX and TensorFlow
+# (tensorflow-cpu) when they install from the registry; a backend's tests skip without it.
+bash scripts/install_keras_backends.sh
 # The HTML report of `perceptual compare --html` is tested in a headless browser: Debian's
 # chromium and its driver (never a browser downloaded by a Python or npm tool).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

@@ -74,7 +74,8 @@ def test_bad_ranges_are_refused_even_without_feature_layers(input_range):
 def test_pixel_only_loss_checks_the_declared_range():
     loss_fn = PerceptualLoss(layers=(), weights=None, pixel_mse=1.0)
     x, y = _images()
-    with pytest.raises(ValueError, match=r"prediction has values in \[.*, 255\] but input_range=\(0, 1\)"):
+    with pytest.raises(ValueError,
+                       match=r"prediction has values in \[.*, 255\] but input_range=\(0, 1\)"):
         loss_fn(x * 255, y)
 
 
