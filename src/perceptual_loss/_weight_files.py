@@ -1,9 +1,9 @@
 """Reading weight files and checking them strictly: keys, shapes, dtypes and values.
 
-Readers for torch checkpoints (``weights_only=True``: never unpickles code) and Keras HDF5
-files, and the strict check every load goes through: a file loads only if its keys and shapes
+Readers for torch checkpoints and small tensor files (``weights_only=True``: never unpickles
+code), and the strict check every load goes through: a file loads only if its keys and shapes
 are exactly those of the network and every floating-point tensor is finite. Errors name the
-file and the first bad key.
+file and the first bad key. Keras files are read by :mod:`perceptual_loss._keras_files`.
 """
 
 from __future__ import annotations
