@@ -12,17 +12,11 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from perceptual_loss import recipe as plan
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.extractor import FeatureExtractor, check_range
 from perceptual_loss.keras.functional import KERAS_OPS, gram_matrix
-from perceptual_loss.recipe import (
-    DEFAULT_LAYERS,
-    Recipe,
-    RecipeOptions,
-    check_option_names,
-    feature_terms,
-    pixel_terms,
-)
+from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe, RecipeOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -131,7 +125,7 @@ class PerceptualLoss(keras.losses.Loss):
         dtype: str | None = None,
         **options: Unpack[RecipeOptions],
     ) -> None:
-        check_option_names(options, "perceptual_loss.keras.PerceptualLoss")
+        plan.check_option_names(options, "perceptual_loss.keras.PerceptualLoss")
         if reduction not in _REDUCTIONS:
             raise ValueError(
                 f"reduction must be 'mean', 'sum' or 'none' (or a Keras name: "
@@ -324,13 +318,14 @@ class PerceptualLoss(keras.losses.Loss):
                 target = {}
             maps = [(layer, predicted[layer], target.get(layer))
                     for layer in recipe.feature_layers]
-            terms.update(feature_terms(recipe, maps, KERAS_OPS, ops.shape(y_pred)[0], grams))
+            terms.update(plan.feature_terms(recipe, maps, KERAS_OPS, ops.shape(y_pred)[0],
+                                            grams))
         if recipe.has_pixel_terms:
             if self.extractor is None and recipe.check_values:
                 check_range(y_pred, "y_pred", recipe.input_range)
                 if cached is None:
                     check_range(target_image, "y_true", recipe.input_range)
-            terms.update(pixel_terms(recipe, y_pred, target_image, KERAS_OPS))
+            terms.update(plan.pixel_terms(recipe, y_pred, target_image, KERAS_OPS))
         return terms
 
     @staticmethod
