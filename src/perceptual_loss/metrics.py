@@ -343,9 +343,13 @@ class LPIPS(nn.Module):
             with torch.autocast(prediction.device.type, enabled=False):
                 difference = (normalize_channels(feat_a, UNIT_NORM_EPS)
                               - normalize_channels(feat_b, UNIT_NORM_EPS))
-                head = getattr(self, f"head{self.net.layers.index(name)}").float()
-                maps_by_layer[name] = (difference.square() * head).sum(dim=1, keepdim=True)
-            del feat_a, feat_b, difference
+                del feat_a, feat_b
+                head = getattr(self, f"head{self.net.layers.index(name)}")
+                squared = (difference.square_() if not torch.is_grad_enabled()
+                           else difference.square())  # in place when nothing is recorded
+                # The heads weigh and sum the channels: a 1x1 convolution, one pass.
+                maps_by_layer[name] = F.conv2d(squared, head.to(squared.dtype))
+            del difference, squared
         return [maps_by_layer[name] for name in self.net.layers]
 
     def extra_repr(self) -> str:
