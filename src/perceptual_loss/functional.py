@@ -70,7 +70,13 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"gram_matrix expects (N, C, H, W); got {tuple(features.shape)}")
     n, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
-        flat = _float32(features).reshape(n, c, h * w)
+        features = _float32(features)
+        if features.ndim == 4 and not features.is_contiguous() and features.is_contiguous(
+                memory_format=torch.channels_last):
+            # (N, H*W, C) is a view of channels-last memory: no copy of the map
+            rows = features.permute(0, 2, 3, 1).reshape(n, h * w, c)
+            return torch.bmm(rows.transpose(1, 2), rows) / (c * h * w)
+        flat = features.reshape(n, c, h * w)
         return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
 
 
