@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="")
+    parser.add_argument("--sizes", default="",
+                        help="only these batch x size, e.g. 4x224,8x256")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -187,6 +189,9 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         configs = [c for c in configs if c["impl"] in wanted]
+    if args.sizes:
+        sizes = {tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",")}
+        configs = [c for c in configs if (c["batch"], c["size"]) in sizes]
     common = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats}
     started = time.time()
     load_before = uptime()
