@@ -26,6 +26,7 @@ __all__ = [
     "check_positive_int",
     "check_reduction",
     "check_values",
+    "check_values_of",
     "check_weight",
     "range_problem",
 ]
@@ -186,11 +187,23 @@ def check_values(x: torch.Tensor, name: str, input_range: tuple[float, float]) -
     Raises:
         ValueError: NaN or Inf found, or values outside the range (with the observed min/max).
     """
+    check_values_of(((x, name),), input_range)
+
+
+def check_values_of(named: Sequence[tuple[torch.Tensor, str]],
+                    input_range: tuple[float, float]) -> None:
+    """:func:`check_values` for several tensors with one device synchronisation in all.
+
+    Raises:
+        ValueError: For the first tensor (in the order given) with NaN/Inf or values outside
+            the range.
+    """
     low, high = input_range
     with torch.no_grad():
-        lo_hi = torch.aminmax(x.detach().float())
-        observed_min, observed_max = (float(v) for v in torch.stack(lo_hi).tolist())
-    problem = range_problem(name, observed_min, observed_max, input_range,
-                            f"clamp them (x.clamp({low:g}, {high:g}))")
-    if problem is not None:
-        raise ValueError(problem)
+        stats = torch.stack([torch.stack(torch.aminmax(x.detach().float())) for x, _ in named])
+        observed = stats.tolist()  # the one synchronisation
+    for (_, name), (observed_min, observed_max) in zip(named, observed, strict=True):
+        problem = range_problem(name, float(observed_min), float(observed_max), input_range,
+                                f"clamp them (x.clamp({low:g}, {high:g}))")
+        if problem is not None:
+            raise ValueError(problem)

@@ -214,8 +214,13 @@ class FeatureExtractor(nn.Module):
         self.body.eval()
         return self
 
-    def check_input(self, x: object, name: str = "input") -> torch.Tensor:
-        """Validate ``x`` (type, shape, channels, size, dtype, device, values) and return it."""
+    def check_input(self, x: object, name: str = "input", *, values: bool = True
+                    ) -> torch.Tensor:
+        """Validate ``x`` (type, shape, channels, size, dtype, device, values) and return it.
+
+        ``values=False`` leaves the NaN/Inf and range check (a device synchronisation) to the
+        caller, which can check several images with one synchronisation.
+        """
         x = check_image(x, name)
         channels = x.shape[1]
         if self.channel_mode == "repeat" and channels not in (1, 3):
@@ -243,7 +248,7 @@ class FeatureExtractor(nn.Module):
                 f"{name} has dtype {x.dtype} but the backbone is {param.dtype}; convert the "
                 f"module with .to({x.dtype}), or run under torch.autocast for mixed precision"
             )
-        if self.check_values:
+        if self.check_values and values:
             check_values(x, name, self.input_range)
         return x
 

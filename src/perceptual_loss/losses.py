@@ -25,6 +25,7 @@ from perceptual_loss._checks import (
     check_positive_int,
     check_reduction,
     check_values,
+    check_values_of,
 )
 from perceptual_loss._chunked import run_chunks
 from perceptual_loss.execution import (
@@ -358,23 +359,30 @@ class PerceptualLoss(nn.Module):
                  for name, value in terms.items()}
         return loss, parts
 
-    def _check_image(self, x: object, name: str) -> torch.Tensor:
-        """Validate one image batch, once, by the extractor's rules when there is one."""
+    def _check_image(self, x: object, name: str, *, values: bool = True) -> torch.Tensor:
+        """Validate one image batch by the extractor's rules when there is one."""
         if self.extractor is not None:
-            return self.extractor.check_input(x, name)
+            return self.extractor.check_input(x, name, values=values)
         x = check_image(x, name)
-        if self.recipe.check_values:
+        if self.recipe.check_values and values:
             check_values(x, name, self.recipe.input_range)
         return x
 
     def _validated_target(self, prediction: torch.Tensor, target: torch.Tensor | None
                           ) -> torch.Tensor:
-        """Validate both images once; return the target image (given or cached)."""
-        if target is not None:  # shapes, dtypes and devices first: the clearest message
+        """Validate both images once; return the target image (given or cached).
+
+        The values of both are checked with one device synchronisation.
+        """
+        if target is None:
+            self._check_image(prediction, "prediction")
+        else:  # shapes, dtypes and devices first: the clearest message
             check_pair(check_image(prediction, "prediction"), check_image(target, "target"))
-        self._check_image(prediction, "prediction")
-        if target is not None:
-            self._check_image(target, "target")
+            self._check_image(prediction, "prediction", values=False)
+            self._check_image(target, "target", values=False)
+            if self.recipe.check_values:
+                check_values_of(((prediction, "prediction"), (target, "target")),
+                                self.recipe.input_range)
             return target
         if self._cached_target is None:
             raise ValueError("target is missing: pass one, or cache it with set_target()")
