@@ -130,6 +130,29 @@ def test_pure_style_loss_matches_manual_gram():
     torch.testing.assert_close(loss_fn(x, y), expected)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gram_gradient_and_double_backward_equal_autograd_of_einsum(memory_format):
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64)
+    features = features.contiguous(memory_format=memory_format).requires_grad_()
+    weight = torch.randn(2, 5, 5, generator=g, dtype=torch.float64)
+
+    def reference(f):
+        return torch.einsum("nchw,ndhw->ncd", f, f) / (5 * 4 * 3)
+
+    torch.testing.assert_close(gram_matrix(features), reference(features))
+    (ours,) = torch.autograd.grad((gram_matrix(features) * weight).sum(), features,
+                                  create_graph=True)
+    (theirs,) = torch.autograd.grad((reference(features) * weight).sum(), features,
+                                    create_graph=True)
+    torch.testing.assert_close(ours, theirs)
+    # second order (a gradient penalty through a style loss)
+    (ours2,) = torch.autograd.grad(ours.square().sum(), features)
+    (theirs2,) = torch.autograd.grad(theirs.square().sum(), features)
+    torch.testing.assert_close(ours2, theirs2)
+    assert torch.autograd.gradgradcheck(gram_matrix, (features,))
+
+
 def test_cached_style_target_equals_passing_style_image():
     x, _ = _images(3, 3, 16, 16)
     style = torch.rand(1, 3, 24, 20)

@@ -238,8 +238,9 @@ class _ConvBnReLU(torch.autograd.Function):
                 positive = mask_saved[0]
             memory_format = (torch.channels_last if ctx.channels_last
                              else torch.contiguous_format)
-            # A multiply by the boolean mask: one vectorised pass, unlike torch.where.
-            grad = grad.contiguous(memory_format=memory_format) * positive
+            # A multiply by the mask read as uint8: one vectorised pass (torch.where, and a
+            # multiply by a bool tensor, which first copies it to float, are slower).
+            grad = grad.contiguous(memory_format=memory_format) * positive.view(torch.uint8)
         if grad_pre is not None:
             grad = grad_pre if grad is None else grad + grad_pre
         if grad is None:

@@ -71,13 +71,36 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     n, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
         features = _float32(features)
-        if features.ndim == 4 and not features.is_contiguous() and features.is_contiguous(
+        if not features.is_contiguous() and features.is_contiguous(
                 memory_format=torch.channels_last):
             # (N, H*W, C) is a view of channels-last memory: no copy of the map
             rows = features.permute(0, 2, 3, 1).reshape(n, h * w, c)
-            return torch.bmm(rows.transpose(1, 2), rows) / (c * h * w)
-        flat = features.reshape(n, c, h * w)
-        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+            return _Gram.apply(rows, True, c * h * w)
+        return _Gram.apply(features.reshape(n, c, h * w), False, c * h * w)
+
+
+class _Gram(torch.autograd.Function):
+    """``A A^T / scale`` for ``A`` ``(N, C, K)`` (or ``A^T A`` for ``(N, K, C)`` rows).
+
+    Autograd's own backward of ``bmm(A, A^T)`` takes two products and adds them in transposed
+    layouts; the Gram's gradient is one product, ``(dG + dG^T) A / scale``. The backward is
+    written in differentiable operations, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, rows: bool, scale: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(matrix)
+        ctx.rows, ctx.scale = rows, scale
+        transposed = matrix.transpose(1, 2)
+        product = torch.bmm(transposed, matrix) if rows else torch.bmm(matrix, transposed)
+        return product.div_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        (matrix,) = ctx.saved_tensors
+        symmetric = grad + grad.transpose(1, 2)
+        product = torch.bmm(matrix, symmetric) if ctx.rows else torch.bmm(symmetric, matrix)
+        return product / ctx.scale, None, None
 
 
 def normalize_channels(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -122,7 +145,17 @@ def feature_distance(prediction: torch.Tensor, target: torch.Tensor,
         per_element = torch.sqrt(diff.pow(2) + eps * eps)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    return per_element.reshape(per_element.shape[0], -1).mean(dim=1)
+    return _mean_per_sample(per_element)
+
+
+def _mean_per_sample(values: torch.Tensor) -> torch.Tensor:
+    """``(N, ...) -> (N,)``: the mean of each sample, read in memory order.
+
+    A channels-last map is not copied first, as ``reshape(N, -1)`` would copy it.
+    """
+    if values.dim() == 1:
+        return values
+    return values.mean(dim=tuple(range(1, values.dim())))
 
 
 class _MeanAbsolutePerSample(torch.autograd.Function):
@@ -140,15 +173,14 @@ class _MeanAbsolutePerSample(torch.autograd.Function):
             ctx.save_for_backward(torch.sign(diff).to(torch.int8))
             ctx.shapes = (prediction.shape, target.shape)
             ctx.dtypes = (prediction.dtype, target.dtype)
-        per_sample = diff.abs_().reshape(diff.shape[0], -1)
-        ctx.count = per_sample.shape[1]
-        return per_sample.mean(dim=1)
+        ctx.count = diff[0].numel()
+        return _mean_per_sample(diff.abs_())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # noqa: ANN001
         (sign,) = ctx.saved_tensors
         scale = (grad / ctx.count).view(-1, *([1] * (sign.dim() - 1)))
-        grad_diff = sign.to(scale.dtype) * scale
+        grad_diff = sign.to(scale.dtype).mul_(scale)
         grad_prediction = grad_target = None
         if ctx.needs_input_grad[0]:
             grad_prediction = grad_diff.sum_to_size(ctx.shapes[0]).to(ctx.dtypes[0])
