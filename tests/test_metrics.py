@@ -203,6 +203,23 @@ def test_identical_inputs_give_zero_and_finite_gradients(trunk_files):
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_metric_path_equals_gradient_path_and_is_zero_on_equal_images(channels_last,
+                                                                      trunk_files):
+    # Without a gradient the unit difference is built in place (a separate code path).
+    metric = LPIPS("vgg", weights=trunk_files["vgg"])
+    metric.extractor.channels_last = channels_last  # the extractor's layout option
+    x, y = images(2, 48, seed=21, low=0.0, high=1.0)
+    y[:, :, :8] = 0.0  # zero feature vectors where both images are black
+    x[:, :, :8] = 0.0
+    with torch.no_grad():
+        fast = metric(x, y)
+        same = metric(x, x.clone())
+    recorded = metric(x.clone().requires_grad_(), y)
+    torch.testing.assert_close(fast, recorded.detach(), rtol=1e-6, atol=1e-8)
+    assert torch.equal(same, torch.zeros(2))
+
+
 def test_zero_feature_vectors_keep_gradients_finite(trunk_files):
     # A black image against a bright one: many feature vectors are all zero after a ReLU.
     metric = LPIPS("vgg", weights=trunk_files["vgg"], reduction="mean")

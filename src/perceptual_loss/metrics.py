@@ -50,7 +50,7 @@ from perceptual_loss._weight_files import check_tensor_values, read_tensor_file
 from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
 from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
 from perceptual_loss.extractor import FeatureExtractor
-from perceptual_loss.functional import normalize_channels, reduce
+from perceptual_loss.functional import reduce, unit_difference
 from perceptual_loss.preprocess import ChannelMode
 from perceptual_loss.tiling import Tiler
 
@@ -345,8 +345,7 @@ class LPIPS(nn.Module):
         maps_by_layer: dict[str, torch.Tensor] = {}
         for (name, feat_a), (_, feat_b) in zip(stream_a, stream_b, strict=True):
             with torch.autocast(prediction.device.type, enabled=False):
-                difference = (normalize_channels(feat_a, UNIT_NORM_EPS)
-                              - normalize_channels(feat_b, UNIT_NORM_EPS))
+                difference = unit_difference(feat_a, feat_b, UNIT_NORM_EPS)
                 del feat_a, feat_b
                 head = getattr(self, f"head{self.net.layers.index(name)}")
                 squared = (difference.square_() if not torch.is_grad_enabled()
