@@ -99,15 +99,37 @@ def _statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, variance
 
 
+def _moments_in_place(x: torch.Tensor, y: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                 torch.Tensor]:
+    """Means, variances and covariance ``(N, C)`` with one scratch map (nothing recorded).
+
+    The same formulas as :func:`_statistics` (centred variance, ``E[xy] - E[x]E[y]``), but
+    large maps are memory-bound: one allocation instead of five.
+    """
+    count = x.shape[2] * x.shape[3]
+    mean_x, mean_y = x.mean(dim=(2, 3)), y.mean(dim=(2, 3))
+    scratch = x - mean_x[..., None, None]
+    var_x = scratch.square_().sum(dim=(2, 3)).div_(count)
+    torch.sub(y, mean_y[..., None, None], out=scratch)
+    var_y = scratch.square_().sum(dim=(2, 3)).div_(count)
+    torch.mul(x, y, out=scratch)
+    covariance = scratch.mean(dim=(2, 3)) - mean_x * mean_y
+    return mean_x, mean_y, var_x, var_y, covariance
+
+
 def _similarity(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor
                 ) -> torch.Tensor:
     """``sum_c alpha_c structure_c + beta_c texture_c`` of one layer, ``(N,)``."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         x, y = x.to(dtype), y.to(dtype)
-        mean_x, var_x = _statistics(x)
-        mean_y, var_y = _statistics(y)
-        covariance = (x * y).mean(dim=(2, 3)) - mean_x * mean_y
+        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+            mean_x, var_x = _statistics(x)
+            mean_y, var_y = _statistics(y)
+            covariance = (x * y).mean(dim=(2, 3)) - mean_x * mean_y
+        else:
+            mean_x, mean_y, var_x, var_y, covariance = _moments_in_place(x, y)
         structure = (2 * mean_x * mean_y + _STABILISER) / (
             mean_x.square() + mean_y.square() + _STABILISER)
         texture = (2 * covariance + _STABILISER) / (var_x + var_y + _STABILISER)
