@@ -95,6 +95,9 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
         for impl in ("ours-lpips", "lpips"):
             add(impl, "metric", batch, size, False)
+    if not quick:  # exact-halo tiles: the memory of a large image, at a price in time
+        batch, size = SIZES[2]
+        add("ours-tiles256", "train", batch, size, False)
     batch, size = SIZES[0]
     add("ours-plain", "train", batch, size, False)
     for impl in ("article", "ours-dists", "dists"):

@@ -129,6 +129,8 @@ def build(cfg: dict) -> torch.nn.Module:
         return _ours(cfg, channels_last=True)
     if impl == "ours-nchw":
         return _ours(cfg, channels_last=False, chunk_size=None)
+    if impl == "ours-tiles256":
+        return _ours(cfg, tile_size=256)
     if impl == "ours-bits":
         from perceptual_loss._lean import build_plan
 
