@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_PYTHON = HERE / ".venv" / "bin" / "python"
-PEERS = {"piq", "lpips", "dists"}
+PEERS = {"piq", "lpips", "dists", "piq-lpips", "piq-dists"}
 SIZES = [(4, 224), (8, 256), (1, 512)]
 
 # What each implementation is, for the table.
@@ -51,6 +51,8 @@ DESCRIPTIONS = {
     "piq": "piq.ContentLoss (+ piq.StyleLoss for style), vgg16, same layers, L1",
     "lpips": "lpips.LPIPS(net='vgg'), relu1_2..relu5_3, heads",
     "dists": "DISTS_pytorch.DISTS (VGG16 with L2 pooling, relu1_2..relu5_3)",
+    "piq-lpips": "piq.LPIPS (VGG16, relu1_2..relu5_3; stand-in heads: piq downloads them)",
+    "piq-dists": "piq.DISTS (VGG16 with L2 pooling; stand-in alpha/beta: piq downloads them)",
 }
 
 
@@ -93,14 +95,14 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
             for impl in ("ours", "piq"):
                 add(impl, "metric", batch, size, style)
     for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
-        for impl in ("ours-lpips", "lpips"):
+        for impl in ("ours-lpips", "lpips", "piq-lpips"):
             add(impl, "metric", batch, size, False)
     if not quick:  # exact-halo tiles: the memory of a large image, at a price in time
         batch, size = SIZES[2]
         add("ours-tiles256", "train", batch, size, False)
     batch, size = SIZES[0]
     add("ours-plain", "train", batch, size, False)
-    for impl in ("article", "ours-dists", "dists"):
+    for impl in ("article", "ours-dists", "dists", "piq-dists"):
         add(impl, "metric", batch, size, False)
     if not quick:
         add("ours-lpips-nchw", "metric", batch, size, False)

@@ -92,7 +92,33 @@ def build(impl: str, style: bool) -> torch.nn.Module:
                 return self.inner(x, y, require_grad=torch.is_grad_enabled(), batch_average=True)
 
         return Mean()
-    raise ValueError(f"unknown implementation {impl!r}; peers are piq, lpips, dists")
+    if impl in ("piq-lpips", "piq-dists"):
+        return _piq_learned(impl)
+    raise ValueError(f"unknown implementation {impl!r}; peers are piq, lpips, dists, "
+                     "piq-lpips, piq-dists")
+
+
+def _piq_learned(impl: str) -> torch.nn.Module:
+    """piq's LPIPS or DISTS, their learned weights replaced by stand-ins of the same shapes.
+
+    Both download their weights when built; the stand-ins change values, not the time.
+    """
+    import piq
+    import piq.perceptual
+
+    piq.perceptual.vgg16 = _vgg16_random
+    if impl == "piq-lpips":
+        stand_in: object = [torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)]
+    else:
+        total = 3 + 64 + 128 + 256 + 512 + 512
+        stand_in = {"alpha": torch.rand(1, total, 1, 1) / total,
+                    "beta": torch.rand(1, total, 1, 1) / total}
+    download = torch.hub.load_state_dict_from_url
+    torch.hub.load_state_dict_from_url = lambda *args, **kwargs: stand_in
+    try:
+        return piq.LPIPS(reduction="mean") if impl == "piq-lpips" else piq.DISTS(reduction="mean")
+    finally:
+        torch.hub.load_state_dict_from_url = download
 
 
 __all__ = ["build", "torchvision", "versions"]

@@ -81,8 +81,8 @@ def targets(report: dict) -> list[str]:
                     cells.append(_verdict(ratio, TARGETS[target] if target else 1.0))
                 lines.append(f"| {what} vs article | {label} | " + " | ".join(cells) + " |")
         if mode == "metric":
-            for ours, peers in (("ours", ("piq",)), ("ours-lpips", ("lpips",)),
-                                ("ours-dists", ("dists",))):
+            for ours, peers in (("ours", ("piq",)), ("ours-lpips", ("lpips", "piq-lpips")),
+                                ("ours-dists", ("dists", "piq-dists"))):
                 times = [by[(p, mode, batch, size, style)]["median_s"] for p in peers
                          if (p, mode, batch, size, style) in by
                          and by[(p, mode, batch, size, style)].get("median_s")]
