@@ -28,6 +28,8 @@ ROOT = HERE.parent
 VENV_PYTHON = HERE / ".venv" / "bin" / "python"
 PEERS = {"piq", "lpips", "dists", "piq-lpips", "piq-dists"}
 SIZES = [(4, 224), (8, 256), (1, 512)]
+#: Small images (super-resolution patches): the device rule chunks them differently.
+SMALL_SIZES = [(16, 64), (16, 96)]
 
 # What each implementation is, for the table.
 DESCRIPTIONS = {
@@ -97,6 +99,10 @@ def plan(quick: bool, peers: bool, prototype: bool = False) -> list[dict]:
     for batch, size in (SIZES[0],) if quick else (SIZES[0], SIZES[2]):
         for impl in ("ours-lpips", "lpips", "piq-lpips"):
             add(impl, "metric", batch, size, False)
+    if not quick:
+        for batch, size in SMALL_SIZES:
+            for impl in ("article", "ours"):
+                add(impl, "train", batch, size, False)
     if not quick:  # exact-halo tiles: the memory of a large image, at a price in time
         batch, size = SIZES[2]
         add("ours-tiles256", "train", batch, size, False)

@@ -25,6 +25,40 @@ def test_the_rule_as_documented():
     assert choose_chunk_size(3, CUDA, needs_grad=True) == 3
 
 
+def test_cpu_chunks_hold_about_one_224_image_and_never_one_small_image():
+    def rule(batch, side):
+        return choose_chunk_size("auto", CPU, needs_grad=True, batch=batch, pixels=side * side)
+
+    assert rule(4, 224) == 1 and rule(8, 256) == 1
+    assert rule(1, 512) is None  # one sample is the whole batch
+    assert rule(8, 128) == 3
+    assert rule(16, 96) == 5
+    assert rule(16, 64) == 8  # at most half the batch
+    assert rule(3, 32) == 2  # small maps: at least two samples per convolution
+    assert rule(2, 64) is None  # that is the whole batch
+    assert choose_chunk_size("auto", CUDA, needs_grad=True, batch=16, pixels=64 * 64) is None
+    assert choose_chunk_size(1, CPU, needs_grad=True, batch=16, pixels=64 * 64) == 1
+
+
+def test_the_loss_uses_the_rule_for_its_input(monkeypatch):
+    import perceptual_loss.losses as losses_module
+
+    seen = []
+    real = losses_module.run_chunks
+
+    def spy(prediction, chunk, *args, **kwargs):
+        seen.append((prediction.shape[0], chunk, kwargs.get("eager_backward")))
+        return real(prediction, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "run_chunks", spy)
+    loss = PerceptualLoss("vgg11", layers=("relu1_1", "relu2_1"), weights=None)
+    x = torch.rand(6, 3, 32, 32, requires_grad=True)
+    loss(x, torch.rand(6, 3, 32, 32)).backward()
+    with torch.no_grad():
+        loss(x, torch.rand(6, 3, 32, 32))
+    assert seen == [(6, 3, True), (6, 6, False)]
+
+
 @pytest.mark.parametrize("style", [False, True])
 def test_defaults_stay_within_float32_rounding_of_the_plain_computation(style):
     options = {"backbone": "vgg11", "layers": ("relu1_1", "relu2_1", "relu3_2"),

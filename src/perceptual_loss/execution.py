@@ -10,7 +10,9 @@ The rule, from the measurements in ``benchmarks/RESULTS.md`` (CPU) and cuDNN's k
 ====================  ==========================  =======================================
 device                channels_last               chunk_size (a training step)
 ====================  ==========================  =======================================
-CPU                   yes (oneDNN's fast layout)  1: one sample at a time through the trunk
+CPU                   yes (oneDNN's fast layout)  about one 224x224 image's pixels: 1 sample
+                                                  from 224x224 up; smaller images 2 or more,
+                                                  at most half the batch
 CUDA, fp32            no                          the whole batch
 CUDA, fp16/bf16       yes (tensor-core kernels)   the whole batch
 ====================  ==========================  =======================================
@@ -30,6 +32,8 @@ __all__ = ["AUTO", "ChannelsLast", "ChunkSize", "check_channels_last", "check_ch
            "choose_channels_last", "choose_chunk_size"]
 
 AUTO = "auto"
+#: Pixels per chunk of a CPU training step (one 224x224 image).
+CPU_CHUNK_PIXELS = 224 * 224
 ChannelsLast = bool | Literal["auto"]
 ChunkSize = int | None | Literal["auto"]
 
@@ -66,10 +70,26 @@ def choose_channels_last(option: ChannelsLast, device: torch.device, *, plain: b
 
 
 def choose_chunk_size(option: ChunkSize, device: torch.device, *, needs_grad: bool,
-                      plain: bool = False) -> int | None:
-    """Samples per trunk pass on ``device`` (``None``: the whole batch; see the rule above)."""
+                      plain: bool = False, batch: int | None = None,
+                      pixels: int | None = None) -> int | None:
+    """Samples per trunk pass on ``device`` (``None``: the whole batch; see the rule above).
+
+    Args:
+        option: The ``chunk_size`` option; anything but ``"auto"`` is returned as it is.
+        device: Where the trunk runs.
+        needs_grad: Whether this pass records a gradient (a training step).
+        plain: ``memory="plain"``: ``"auto"`` means the plain computation, the whole batch.
+        batch: Samples in the batch, if known.
+        pixels: Pixels of one sample (``H * W``), if known.
+    """
     if option != AUTO:
         return option  # type: ignore[return-value]
-    if plain or not needs_grad:
+    if plain or not needs_grad or device.type != "cpu":
         return None
-    return 1 if device.type == "cpu" else None
+    if batch is None or pixels is None:
+        return 1
+    # About one 224x224 image's pixels per chunk, at least two samples when the images are
+    # small (oneDNN skips batch-1 convolutions of small maps) and at most half the batch.
+    chunk = max(1, CPU_CHUNK_PIXELS // max(pixels, 1))
+    chunk = min(chunk, max(2, batch // 2))
+    return None if chunk >= batch else chunk

@@ -437,7 +437,8 @@ class PerceptualLoss(nn.Module):
         needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or target_grad)
         lean = self.extractor.memory == "lean"
         chunk = choose_chunk_size(self.chunk_size, prediction.device, needs_grad=needs_grad,
-                                  plain=not lean) or n
+                                  plain=not lean, batch=n,
+                                  pixels=prediction.shape[-2] * prediction.shape[-1]) or n
         eager = needs_grad and lean and chunk < n and not target_grad
 
         def terms_of(rows_input: torch.Tensor, rows: slice) -> dict[str, torch.Tensor]:
