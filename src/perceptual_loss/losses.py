@@ -123,8 +123,9 @@ class PerceptualLoss(nn.Module):
         chunk_size: Run the backbone on at most this many samples at a time. ``"auto"``
             (default): for a training step on CPU about one 224x224 image's pixels per
             chunk, i.e. one sample from 224x224 up (faster there, and a fraction of the
-            plain computation's activations), the whole batch on CUDA and without gradient; ``None``: the whole batch. Values and gradients are those
-            of the whole batch up to float rounding. ``memory="plain"`` with the ``"auto"``
+            plain computation's activations), the whole batch on CUDA and without
+            gradient; ``None``: the whole batch. Values and gradients are those of the whole
+            batch up to float rounding. ``memory="plain"`` with the ``"auto"``
             options is the plain computation itself (NCHW, whole batch): bit-identical
             values, for users who need them.
         tile_size: Evaluate images larger than this many pixels a side in overlapping tiles
