@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from perceptual_loss._checks import Reduction, check_pair, check_reduction, check_values_of
+from perceptual_loss._checks import Reduction, check_reduction
 from perceptual_loss._weight_files import (
     WeightsIntegrityError,
     check_tensor_values,
@@ -205,12 +205,7 @@ class DISTS(nn.Module):
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """DISTS between ``prediction`` and ``target`` (symmetric); see the class for shapes."""
-        fx = self.extractor
-        fx.check_input(prediction, "prediction", values=False)
-        fx.check_input(target, "target", values=False)
-        check_pair(prediction, target)
-        if fx.check_values:  # both images, one device synchronisation
-            check_values_of(((prediction, "prediction"), (target, "target")), fx.input_range)
+        self.extractor.check_pair(prediction, target)
         low, high = self.input_range
         mode = self.extractor.channel_mode
         similarity = _similarity(adapt_channels((prediction - low) / (high - low), mode),

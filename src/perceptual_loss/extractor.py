@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceptual_loss._checks import check_choice, check_image, check_input_range, check_values
+from perceptual_loss._checks import (
+    check_choice,
+    check_image,
+    check_input_range,
+    check_pair,
+    check_values,
+    check_values_of,
+)
 from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
 from perceptual_loss._weight_files import check_state, read_state_dict
 from perceptual_loss.backbones import BackboneSpec, get_backbone
@@ -251,6 +258,19 @@ class FeatureExtractor(nn.Module):
         if self.check_values and values:
             check_values(x, name, self.input_range)
         return x
+
+    def check_pair(self, prediction: object, target: object
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate an image pair: each image, their shapes together, values in one sync.
+
+        The NaN/Inf and range check of both images costs one device synchronisation.
+        """
+        prediction = self.check_input(prediction, "prediction", values=False)
+        target = self.check_input(target, "target", values=False)
+        check_pair(prediction, target)
+        if self.check_values:
+            check_values_of(((prediction, "prediction"), (target, "target")), self.input_range)
+        return prediction, target
 
     def stream(self, x: torch.Tensor, name: str = "input", *, check: bool = True
                ) -> Iterator[tuple[str, torch.Tensor]]:

@@ -42,9 +42,7 @@ from perceptual_loss._checks import (
     Reduction,
     check_image,
     check_input_range,
-    check_pair,
     check_reduction,
-    check_values_of,
 )
 from perceptual_loss._weight_files import check_tensor_values, read_tensor_file
 from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
@@ -305,12 +303,7 @@ class LPIPS(nn.Module):
         Returns:
             The distance (see the class docstring for shapes), and the parts if asked for.
         """
-        fx = self.extractor
-        fx.check_input(prediction, "prediction", values=False)
-        fx.check_input(target, "target", values=False)
-        check_pair(prediction, target)
-        if fx.check_values:  # both images, one device synchronisation
-            check_values_of(((prediction, "prediction"), (target, "target")), fx.input_range)
+        self.extractor.check_pair(prediction, target)
         maps = self._layer_maps(prediction, target)
         per_channel = self.extractor.channel_mode == "per_channel"
         channels = prediction.shape[1]
