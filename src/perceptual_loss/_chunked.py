@@ -67,7 +67,7 @@ def run_chunks(prediction: torch.Tensor, chunk: int, terms_of: ChunkTerms, *,
         if len(parts) == 1:
             return parts[0], None
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}, None
-    gradient = torch.zeros_like(prediction)
+    gradient = torch.empty_like(prediction)  # every row is written below
     parts = []
     for rows in chunks:
         rows_input = prediction[rows].detach().requires_grad_()

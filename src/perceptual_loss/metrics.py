@@ -341,8 +341,8 @@ class LPIPS(nn.Module):
                 difference = unit_difference(feat_a, feat_b, UNIT_NORM_EPS)
                 del feat_a, feat_b
                 head = getattr(self, f"head{self.net.layers.index(name)}")
-                squared = (difference.square_() if not torch.is_grad_enabled()
-                           else difference.square())  # in place when nothing is recorded
+                squared = (difference.square() if difference.requires_grad
+                           else difference.square_())  # in place when nothing is recorded
                 # The heads weigh and sum the channels: a 1x1 convolution, one pass.
                 maps_by_layer[name] = F.conv2d(squared, head.to(squared.dtype))
             del difference, squared
