@@ -57,16 +57,21 @@ def test_train_denoise_writes_everything_and_resumes(folder, tmp_path):
     assert load_checkpoint(out)["step"] == 5
 
 
-def test_train_denoise_medical_slices(tmp_path):
+def _ct_slices(folder, side, seed):
+    """Three 16-bit slices with stored values in [1000, 1200): a CT window's worth."""
     import numpy as np
     from PIL import Image
 
-    data = tmp_path / "slices"
-    data.mkdir()
-    rng = np.random.default_rng(0)
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
     for index in range(3):
-        values = (1000 + 200 * rng.random((24, 24))).astype(np.uint16)
-        Image.fromarray(values).save(data / f"s{index}.png")
+        values = (1000 + 200 * rng.random((side, side))).astype(np.uint16)
+        Image.fromarray(values).save(folder / f"s{index}.png")
+    return folder
+
+
+def test_train_denoise_medical_slices(tmp_path):
+    data = _ct_slices(tmp_path / "slices", 24, seed=0)
     out = tmp_path / "ct"
     result = run("train", "denoise", "--mode", "medical", "--window", "1000,1200",
                  "--data", data, "--out", out, "--crop-size", 16, "--width", 4, "--depth",
@@ -78,15 +83,7 @@ def test_train_denoise_medical_slices(tmp_path):
 
 
 def test_train_denoise_medical_slices_with_a_medical_network(tmp_path):
-    import numpy as np
-    from PIL import Image
-
-    data = tmp_path / "slices"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for index in range(3):
-        values = (1000 + 200 * rng.random((40, 40))).astype(np.uint16)
-        Image.fromarray(values).save(data / f"s{index}.png")
+    data = _ct_slices(tmp_path / "slices", 40, seed=1)
     out = tmp_path / "ct"
     result = run("train", "denoise", "--mode", "medical", "--window", "1000,1200",
                  "--data", data, "--out", out, "--crop-size", 32, "--width", 4, "--depth", 1,
