@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from perceptual_loss._lean import build_plan, lean_forward, pack_mask, unpack_mask
+from perceptual_loss._lean import (
+    _pool_index_dtype,
+    build_plan,
+    lean_forward,
+    pack_mask,
+    unpack_mask,
+)
 from perceptual_loss.backbones.vgg import make_vgg_features, vgg_layer_names
 
 
@@ -183,6 +189,54 @@ def test_overlapping_max_pool_windows():
     for k in (2, 4):
         assert torch.equal(plain_feats[k], lean_feats[k])
     torch.testing.assert_close(lean_grad, plain_grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(3, 2, padding=1),                  # ResNet's stem
+    nn.MaxPool2d(2, ceil_mode=True),                # odd sizes keep their last row/column
+    nn.MaxPool2d(3, stride=1, padding=1, dilation=2),
+    nn.MaxPool2d((2, 3), stride=(3, 4)),            # windows that skip elements
+], ids=["padded", "ceil_mode", "dilated", "strided_past_window"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_any_max_pool_runs_lean_with_plain_gradients(pool, channels_last):
+    """Every max-pool geometry saves int32 indices only and gives plain autograd's gradient."""
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), pool,
+                          nn.Conv2d(4, 2, 1), nn.ReLU(inplace=True))
+    trunk.eval().requires_grad_(False).double()
+    x = torch.rand(2, 3, 13, 11, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert build_plan(trunk, [2, 4]).describe()[1] == "pool 2..2"
+    plain_feats, plain_grad, lean_feats, lean_grad = compare(trunk, [2, 4], x)
+    for k in (2, 4):
+        assert torch.equal(plain_feats[k], lean_feats[k])
+    torch.testing.assert_close(lean_grad, plain_grad, rtol=1e-12, atol=1e-14)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lean_forward(trunk, x.detach().requires_grad_(), build_plan(trunk, [2]))
+    assert [t.dtype for t in saved if t.dim() == 4 and not t.is_floating_point()
+            and t.shape[-2:] == plain_feats[2].shape[-2:]] == [torch.int32]
+
+
+def test_relu_passes_the_gradient_where_its_output_is_nan_like_plain_autograd():
+    trunk = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(inplace=True))
+    trunk.eval().requires_grad_(False).double()
+    x = torch.rand(1, 1, 6, 6, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    x[0, 0, 3, 3] = float("nan")  # NaN outputs around it, finite input gradients far from it
+    grads = []
+    for lean in (False, True):
+        xi = x.clone().requires_grad_()
+        out = (lean_forward(trunk, xi, build_plan(trunk, [1])) if lean
+               else plain_forward(trunk, xi, {1}))
+        out[1].sum().backward()
+        grads.append(xi.grad)
+    assert grads[0].isfinite().any()
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14, equal_nan=True)
+
+
+def test_pool_indices_widen_to_int64_past_int32():
+    assert _pool_index_dtype(2**31 - 1) == torch.int32
+    assert _pool_index_dtype(2**31) == torch.int64
 
 
 def test_gradcheck_float64():

@@ -9,12 +9,12 @@ image only. Plain autograd keeps far more than that needs:
 * ``ReLU`` saves its float output, but its backward needs only where the output is positive:
   one byte (``torch.bool``) or one bit (packed ``torch.uint8``) per element.
 * ``MaxPool2d`` saves its float input and 64-bit indices, but its backward needs only the
-  winning position inside each window: one ``torch.uint8`` per output element.
+  indices, and they fit in 32 bits for any plane under 2**31 elements.
 * ``BatchNorm2d`` in eval mode is a per-channel affine map whose input gradient needs only its
   scale.
 
 This module fuses ``Conv2d -> [BatchNorm2d] -> [ReLU]`` into one ``torch.autograd.Function``
-that saves a mask and nothing else, and gives ``MaxPool2d`` a uint8 window position. Forward
+that saves a mask and nothing else, and gives ``MaxPool2d`` int32 winner indices. Forward
 values are computed by the same ATen kernels as the plain modules, so they are bit-identical;
 input gradients use the same backward kernels (``convolution_backward`` with
 ``output_mask=[True, False, False]``, ``max_pool2d_with_indices_backward``), so they are equal
@@ -209,7 +209,9 @@ class _ConvBnReLU(torch.autograd.Function):
         if relu:
             # In place only on a tensor made here and not returned (never on the input).
             out = torch.relu_(pre) if pre is not x and not keep_pre else torch.relu(pre)
-            positive = out > 0
+            # out >= 0 or NaN: nonzero is where plain autograd's ReLU passes the gradient
+            # (NaN included), and a cast to bool is twice as fast as a comparison on CPU.
+            positive = out.bool()
             if bits:
                 packed, shape, permuted = pack_mask(positive)
                 ctx.mask_layout = (shape, permuted)
@@ -236,11 +238,11 @@ class _ConvBnReLU(torch.autograd.Function):
                 positive = unpack_mask(mask_saved[0], *ctx.mask_layout)
             else:
                 positive = mask_saved[0]
-            memory_format = (torch.channels_last if ctx.channels_last
-                             else torch.contiguous_format)
-            # A multiply by the mask read as uint8: one vectorised pass (torch.where, and a
-            # multiply by a bool tensor, which first copies it to float, are slower).
-            grad = grad.contiguous(memory_format=memory_format) * positive.view(torch.uint8)
+            # The mask becomes a float tensor first, then one same-dtype multiply: a multiply
+            # of mixed dtypes (float by bool or uint8) and torch.where fall to ATen's
+            # element-by-element casting loop, 20-30x slower on CPU. The product takes the
+            # mask's memory format, the forward output's.
+            grad = positive.view(torch.uint8).to(grad.dtype).mul_(grad)
         if grad_pre is not None:
             grad = grad_pre if grad is None else grad + grad_pre
         if grad is None:
@@ -272,60 +274,53 @@ class _ConvBnReLU(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------
-# MaxPool2d with a uint8 window position
+# MaxPool2d with a 32-bit winner index
 # --------------------------------------------------------------------------------------------
 
+#: The largest flat index an int32 holds; planes with more elements keep int64 indices.
+_INT32_LIMIT = 2**31 - 1
 
-class _MaxPoolPosition(torch.autograd.Function):
-    """``max_pool2d`` that saves the winner's position inside its window as ``torch.uint8``."""
+
+def _pool_index_dtype(input_plane: int) -> torch.dtype:
+    """Dtype that holds the flat winner indices of an ``input_plane``-element (H*W) plane."""
+    return torch.int32 if input_plane <= _INT32_LIMIT else torch.int64
+
+
+class _MaxPoolIndex(torch.autograd.Function):
+    """``max_pool2d`` that saves only its winners' flat indices, as int32.
+
+    Plain autograd saves the float input and int64 indices. A uint8 window position would be
+    smaller still, but rebuilding flat indices from it costs int64 divisions that took longer
+    than the pooling itself on CPU; an int32 copy costs one conversion each way.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]
+        ctx: Any, x: Tensor, pool: nn.MaxPool2d
     ) -> Tensor:
-        out, indices = F.max_pool2d(x, kernel, stride, return_indices=True)
-        width = x.shape[-1]
-        base = _window_origins(out.shape[-2:], stride, width, x.device)
-        # position = row * kw + col with delta = row * width + col: in place on the indices,
-        # one int64 temporary (large temporaries are fresh pages, and page faults add up).
-        delta = indices.sub_(base)
-        row = torch.div(delta, width, rounding_mode="floor")
-        position = delta.sub_(row.mul_(width - kernel[1])).to(torch.uint8)
-        del indices, delta, row
-        ctx.kernel, ctx.stride = kernel, stride
+        # kernel, stride, padding, dilation, as the backward kernel takes them
+        ctx.geometry = [list(_pair(value)) for value in (  # type: ignore[arg-type]
+            pool.kernel_size, pool.stride or pool.kernel_size, pool.padding, pool.dilation)]
+        ctx.ceil_mode = pool.ceil_mode
+        out, indices = F.max_pool2d(x, *ctx.geometry, ceil_mode=pool.ceil_mode,
+                                    return_indices=True)
         ctx.input_shape = x.shape
         ctx.channels_last = _is_channels_last(x)
-        ctx.save_for_backward(position)
+        ctx.save_for_backward(indices.to(_pool_index_dtype(x.shape[-2] * x.shape[-1])))
         return out
 
     @staticmethod
     @first_order_only
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        (position,) = ctx.saved_tensors
-        kernel, stride = ctx.kernel, ctx.stride
-        width = ctx.input_shape[-1]
-        out_h, out_w = grad.shape[-2:]
-        # Rebuild the flat int64 indices (transient) and use the plain backward kernel.
-        base = _window_origins((out_h, out_w), stride, width, grad.device)
-        indices = position.to(torch.int64)
-        row = torch.div(indices, kernel[1], rounding_mode="floor")
-        indices.add_(row.mul_(width - kernel[1])).add_(base)  # row * width + col + origin
-        del row
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None]:
+        (saved,) = ctx.saved_tensors
         shape_only = _shape_only(grad, ctx.input_shape, ctx.channels_last)
         grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad, shape_only, list(kernel), list(stride), [0, 0], [1, 1], False, indices
+            grad, shape_only, *ctx.geometry, ctx.ceil_mode,
+            saved.to(torch.int64),  # the kernel takes int64 indices
         )
         if ctx.channels_last:
             grad_input = grad_input.contiguous(memory_format=torch.channels_last)
-        return grad_input, None, None
-
-
-def _window_origins(out_hw: Sequence[int], stride: tuple[int, int], width: int,
-                    device: torch.device) -> Tensor:
-    """Flat index ``h * width + w`` of each pooling window's top-left input element."""
-    rows = torch.arange(out_hw[0], device=device) * (stride[0] * width)
-    cols = torch.arange(out_hw[1], device=device) * stride[1]
-    return rows.view(-1, 1) + cols.view(1, -1)
+        return grad_input, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,14 +357,8 @@ def _lean_relu(module: nn.Module) -> bool:
 
 
 def _lean_pool(module: nn.Module) -> bool:
-    if not (isinstance(module, nn.MaxPool2d) and type(module).forward is nn.MaxPool2d.forward):
-        return False
-    kernel = _pair(module.kernel_size)
-    stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-    return (_pair(module.padding) == (0, 0) and _pair(module.dilation) == (1, 1)
-            and not module.ceil_mode and not module.return_indices
-            and kernel[0] * kernel[1] <= 256 and stride[0] <= kernel[0]
-            and stride[1] <= kernel[1])
+    return (isinstance(module, nn.MaxPool2d) and type(module).forward is nn.MaxPool2d.forward
+            and not module.return_indices)
 
 
 @dataclass(frozen=True)
@@ -421,8 +410,8 @@ def build_plan(modules: Sequence[nn.Module], keep: Collection[int], *,
 
     ``Conv2d``, an eval-mode ``BatchNorm2d`` and ``ReLU`` that follow each other fuse into one
     step as long as no output in the middle of the group is wanted, except the output right
-    before the ReLU (a pre-activation tap), which the fused step can return too. Max-pools get
-    a uint8 window position. Anything else runs as the plain module.
+    before the ReLU (a pre-activation tap), which the fused step can return too. Max-pools save
+    int32 winner indices. Anything else runs as the plain module.
 
     Args:
         modules: The trunk, e.g. an ``nn.Sequential`` of VGG ``features``.
@@ -560,9 +549,7 @@ def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan, *,
         else:
             pool = modules[step.first]
             assert isinstance(pool, nn.MaxPool2d)
-            kernel = _pair(pool.kernel_size)
-            stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
-            x = _MaxPoolPosition.apply(x, kernel, stride)
+            x = _MaxPoolIndex.apply(x, pool)
         if step.last in plan.keep:
             outputs[step.last] = x
     return outputs
