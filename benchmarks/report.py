@@ -55,8 +55,8 @@ def table(report: dict) -> list[str]:
     rows = report["results"]
     best = report["calibration"].get("best")
     article = {_key(r): r for r in rows if r["impl"] == "article"}
-    lines = ["| mode | batch x size | style | implementation | time (s, lowest pass median) | x article "
-             "| peak memory (MiB) | x article | GFLOP | x article | of conv peak |",
+    lines = ["| mode | batch x size | style | implementation | time (s, median of all calls) "
+             "| x article | peak memory (MiB) | x article | GFLOP | x article | of conv peak |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["mode"], r["size"], r["style"], r["impl"])):
         ref = article.get(_key(r), {})
@@ -153,9 +153,9 @@ def write_results(report: dict, path: Path) -> None:
         "- Every configuration runs in fresh processes: memory + FLOPs in one, time (one "
         "warm-up call, then the timed calls) in one per pass. On CPU the plan is timed in "
         "passes that alternate direction (the second pass backwards), and a configuration's "
-        "time is its lowest per-process median: other tenants of a shared machine only ever "
-        "add time. The targets give the ratio of each pass too (both sides timed in the same "
-        "pass).",
+        "time is the median of all its timed calls, so one busy minute on the shared machine "
+        "or one lucky process does not decide a ratio. The targets give the ratio of each "
+        "pass too (both sides timed in the same pass).",
         "- Peak memory: RSS high-water mark of the first call minus the RSS right after "
         "construction (`/proc/self/clear_refs` <- 5, `VmHWM`), in a process where glibc serves "
         "blocks of 64 KiB or more with mmap and returns freed memory at once "

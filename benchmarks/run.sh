@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole benchmark with one command and rewrite benchmarks/RESULTS.md:
 #
-#     bash benchmarks/run.sh            # CPU, fp32, all configurations (about 20 min on 2 cores)
+#     bash benchmarks/run.sh            # CPU, fp32, all configurations, two timing passes (about 40 min on 2 cores)
 #     bash benchmarks/run.sh --quick    # B=4 224x224 content only
 #     bash benchmarks/run.sh --device cuda --dtype bf16 --out benchmarks/RESULTS-cuda-bf16.md
 #
