@@ -244,7 +244,12 @@ class _ConvBnReLU(torch.autograd.Function):
             # mask's memory format, the forward output's.
             grad = positive.view(torch.uint8).to(grad.dtype).mul_(grad)
         if grad_pre is not None:
-            grad = grad_pre if grad is None else grad + grad_pre
+            if grad is None:
+                grad = grad_pre
+            elif ctx.relu:
+                grad.add_(grad_pre)  # the masked product above is ours: no second full map
+            else:
+                grad = grad + grad_pre
         if grad is None:
             return (None,) * 8
         if ctx.has_bn:
@@ -300,7 +305,7 @@ class _MaxPoolIndex(torch.autograd.Function):
     ) -> Tensor:
         # kernel, stride, padding, dilation, as the backward kernel takes them
         ctx.geometry = [list(_pair(value)) for value in (  # type: ignore[arg-type]
-            pool.kernel_size, pool.stride or pool.kernel_size, pool.padding, pool.dilation)]
+            pool.kernel_size, pool.stride, pool.padding, pool.dilation)]
         ctx.ceil_mode = pool.ceil_mode
         out, indices = F.max_pool2d(x, *ctx.geometry, ceil_mode=pool.ceil_mode,
                                     return_indices=True)
