@@ -171,6 +171,12 @@ def uptime() -> str:
         return "n/a"
 
 
+def _label(cfg: dict) -> str:
+    """One configuration in a progress line, e.g. ``ours  train B=4 224 style=False``."""
+    return (f"{cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} {cfg['size']} "
+            f"style={cfg['style']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,8 +233,7 @@ def main() -> None:
                "peak_bytes": memory.get("peak_bytes"), "flops": memory.get("flops"),
                "error": timed.get("error") or memory.get("error")}
         results.append(row)
-        print(f"[{i}/{len(configs)}] {cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} "
-              f"{cfg['size']} style={cfg['style']}: {row['median_s']} s, "
+        print(f"[{i}/{len(configs)}] {_label(cfg)}: {row['median_s']} s, "
               f"{(row['peak_bytes'] or 0) / 2**20:.0f} MiB, {row['error'] or ''}", flush=True)
     for number in range(2, passes + 1):  # time only, every other pass backwards
         order = results[::-1] if number % 2 == 0 else results
@@ -242,8 +247,7 @@ def main() -> None:
             # fresh processes by itself (page faults depend on where glibc's heap ends up), so
             # the lowest per-process median would pick its lucky process.
             row["median_s"] = statistics.median(row["times"]) if row["times"] else None
-            print(f"[pass {number}] {cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} "
-                  f"{cfg['size']} style={cfg['style']}: {timed.get('median_s')} s "
+            print(f"[pass {number}] {_label(cfg)}: {timed.get('median_s')} s "
                   f"{timed.get('error') or ''}", flush=True)
     # Calibrate again at the end; the better figure is the machine's (the host is shared).
     again = run_worker({"phase": "calibrate", **common}, args.timeout, peers_python)
