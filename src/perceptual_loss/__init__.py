@@ -41,6 +41,8 @@ _EXPORTS: dict[str, str] = {
     "WeightsNotFoundError": "perceptual_loss.weights",
     "list_weights": "perceptual_loss.weights",
     "resolve_weight_file": "perceptual_loss.weights",
+    "VideoPerceptualLoss": "perceptual_loss.video",
+    "temporal_lpips": "perceptual_loss.video",
 }
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "PerceptualLoss",
     "Recipe",
     "TotalVariationLoss",
+    "VideoPerceptualLoss",
     "VolumePerceptualLoss",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
@@ -70,6 +73,7 @@ __all__ = [
     "perceptual_loss",
     "rescale_to_hu",
     "resolve_weight_file",
+    "temporal_lpips",
     "total_variation",
     "volume_perceptual_loss",
     "window_ct",
@@ -104,6 +108,7 @@ if TYPE_CHECKING:
     from perceptual_loss.metrics import LPIPS, lpips_distance
     from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
     from perceptual_loss.recipe import Recipe
+    from perceptual_loss.video import VideoPerceptualLoss, temporal_lpips
     from perceptual_loss.volumes import (
         CT_WINDOWS,
         VolumePerceptualLoss,
