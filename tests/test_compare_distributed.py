@@ -89,10 +89,42 @@ def test_a_failing_rank_stops_every_process_with_one_line(tmp_path):
                       "--json", "out.json"], cwd=tmp_path)
     assert done.returncode != 0  # and no hang: rank 0 learns that rank 1 failed
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 2, done.stderr
-    assert any("p1.png is 16x16 pixels but" in line for line in errors)
-    assert any("process 1 of 2 failed" in line for line in errors)
+    # rank 0 alone prints, and its line carries rank 1's own error
+    assert len(errors) == 1, done.stderr
+    assert "process 1 of 2 failed" in errors[0]
+    assert "p1.png is 16x16 pixels but" in errors[0]
     # torchrun prints its own launcher traceback; none comes from the processes themselves
     assert "perceptual_loss/apps" not in done.stderr
     assert "perceptual_loss/cli" not in done.stderr
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_random_weights_are_the_same_network_on_every_rank(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    for folder, image in (("a", base), ("b", noisy)):
+        (tmp_path / folder).mkdir()
+        for index in range(3):  # three identical pairs: ranks 0 and 1 each score some
+            Image.fromarray(image).save(tmp_path / folder / f"p{index}.png")
+    done = _torchrun(["compare", "a", "b", "--backbone", "vgg11", "--layers", "relu1_1,relu2_1",
+                      "--metric", "perceptual", "--weights", "random", "--device", "cpu",
+                      "--json", "out.json", "--no-progress"], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    values = [pair["perceptual"] for pair in json.loads((tmp_path / "out.json").read_text())
+              ["pairs"]]
+    assert values[0] == values[1] == values[2]
+    scorer = ImageScorer(["perceptual"], backbone="vgg11", layers=("relu1_1", "relu2_1"),
+                         weights=None)
+    alone = compare_folders(tmp_path / "a", tmp_path / "b", scorer, progress=False)
+    assert values[0] == pytest.approx(alone.scores[0].values["perceptual"], rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_an_error_every_rank_hits_is_printed_once(tmp_path):
+    done = _torchrun(["compare", "missing_a.png", "missing_b.png", "--no-progress"],
+                     cwd=tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, done.stderr

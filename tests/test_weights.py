@@ -1,11 +1,15 @@
 import hashlib
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import perceptual_loss
 from perceptual_loss import (
     FeatureExtractor,
     PerceptualLoss,
@@ -14,12 +18,16 @@ from perceptual_loss import (
 )
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.weights import (
+    RANDOM_WEIGHTS_SEED,
     WeightSpec,
     get_weight_spec,
     register_weights,
     resolve_weight_file,
     search_folders,
 )
+from processes import run_group
+
+SRC = Path(perceptual_loss.__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -265,3 +273,71 @@ def test_keras_h5_of_wrong_network_is_refused(tmp_path):
         g.attrs["weight_names"] = np.array(["dense/kernel:0"], dtype="S")
     with pytest.raises(WeightsIntegrityError, match="has no layer 'block1_conv1'"):
         FeatureExtractor("vgg16", layers=("relu1_1",), weights=path)
+
+
+def test_features_only_file_with_the_features_prefix_loads(tmp_path):
+    torch.manual_seed(2)
+    model = get_backbone("vgg11").build()
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+    path = tmp_path / "vgg11-features-prefixed.pth"
+    torch.save(state, path)
+    fx = FeatureExtractor("vgg11", layers=("relu1_1",), weights=path)
+    x = torch.rand(1, 3, 16, 16)
+    trunk = {k[len("features."):]: v for k, v in state.items()}
+    torch.testing.assert_close(fx(x)["relu1_1"], _relu1_1(trunk, x))
+
+
+def test_a_prefixed_features_file_missing_a_layer_is_refused(tmp_path):
+    state = {k: v for k, v in get_backbone("vgg11").build().state_dict().items()
+             if k.startswith("features.") and k != "features.0.bias"}
+    path = tmp_path / "vgg11-features-partial.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsIntegrityError, match=r"missing keys: 0\.bias"):
+        FeatureExtractor("vgg11", layers=("relu1_1",), weights=path)
+
+
+def test_random_weights_are_the_same_on_every_build():
+    first = FeatureExtractor("vgg11", layers=("relu2_1",), weights=None)
+    second = FeatureExtractor("vgg11", layers=("relu2_1",), weights="random")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    # drawn from the documented seed, not from whatever the global generator holds
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        expected = get_backbone("vgg11").build_features().state_dict()
+    assert torch.equal(first.body[0].weight, expected["0.weight"])
+
+
+def test_random_weights_leave_the_users_generator_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    FeatureExtractor("vgg11", layers=("relu1_1",), weights=None)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    FeatureExtractor("vgg11", layers=("relu1_1",), weights=None)
+    assert torch.equal(torch.rand(4), expected)
+
+
+_PRINT_RANDOM_WEIGHT = (
+    "import torch; torch.manual_seed(int(__import__('sys').argv[1]));"
+    "from perceptual_loss import FeatureExtractor;"
+    "fx = FeatureExtractor('vgg11', layers=('relu2_1',), weights=None);"
+    "print(float(fx.body[3].weight.double().sum()), float(fx.body[3].weight[0, 0, 0, 0]))"
+)
+
+
+def test_random_weights_are_the_same_in_separate_processes():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
+                                                                                 "")])}
+    outputs = []
+    for user_seed in ("1", "2"):  # a different global seed in each process changes nothing
+        done = run_group([sys.executable, "-c", _PRINT_RANDOM_WEIGHT, user_seed], timeout=120,
+                         env=env)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+    here = FeatureExtractor("vgg11", layers=("relu2_1",), weights=None).body[3].weight
+    assert outputs[0] == outputs[1]
+    assert outputs[0] == f"{float(here.double().sum())} {float(here[0, 0, 0, 0])}"

@@ -12,7 +12,9 @@ hash, and the input normalisation it was trained with. A registry key such as
    cache, its hash checked before the file is used, unless ``PERCEPTUAL_LOSS_OFFLINE=1``.
 
 A file that is missing, corrupt or of the wrong network is refused with an error that names
-it; random weights are used only when asked for with ``weights=None``.
+it; random weights are used only when asked for with ``weights=None``. They are drawn from a
+fixed seed, :data:`RANDOM_WEIGHTS_SEED`, so every build, every process of a ``torchrun`` job
+and every run gets the same network, and the caller's random state is left as it was.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -45,11 +48,13 @@ __all__ = [
     "ENV_MIRROR",
     "ENV_OFFLINE",
     "ENV_WEIGHTS_DIR",
+    "RANDOM_WEIGHTS_SEED",
     "RANDOM_WORDS",
     "WeightSpec",
     "WeightsChoice",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
+    "build_random",
     "build_trunk",
     "check_tensor_values",
     "find_weight_spec",
@@ -71,6 +76,9 @@ ENV_MIRROR = "PERCEPTUAL_LOSS_MIRROR"
 DOWNLOAD_TIMEOUT_S = 15.0
 #: Words that ask for random weights explicitly (``weights=None`` does too).
 RANDOM_WORDS: frozenset[str] = frozenset({"random", "none"})
+#: Seed of every random initialisation (``weights=None``, ``--weights random``): the same
+#: network in every process and every run, given the same torch version.
+RANDOM_WEIGHTS_SEED = 0
 #: File suffixes that make a ``--weights`` value a path even when no such file exists.
 CHECKPOINT_SUFFIXES: frozenset[str] = frozenset(
     {".pth", ".pt", ".ckpt", ".bin", ".h5", ".hdf5", ".keras", ".tar"}
@@ -541,9 +549,35 @@ def load_weights_into(features: nn.Sequential, backbone: BackboneSpec,
     return choice.label, normalization
 
 
+_Built = TypeVar("_Built")
+
+
+def build_random(build: Callable[[], _Built]) -> _Built:
+    """Call ``build`` with torch's CPU generator seeded by :data:`RANDOM_WEIGHTS_SEED`.
+
+    The random initialisation inside ``build`` is then the same in every call, in every
+    process (each rank of a ``torchrun`` job builds the same network) and in every run; the
+    caller's generator state is restored afterwards, so a user's ``torch.manual_seed`` stream
+    is not disturbed.
+
+    Args:
+        build: Builds a module on the CPU, e.g. ``backbone.build_features``.
+
+    Returns:
+        What ``build`` returns.
+    """
+    # fork_rng(devices=[]) saves and restores the CPU generator only: the trunk is built on
+    # the CPU, and touching CUDA here would initialise it in processes that never use it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return build()
+
+
 def build_trunk(backbone: BackboneSpec, weights: str | os.PathLike[str] | None, *,
                 progress: bool = True) -> tuple[nn.Sequential, str, str]:
     """The whole trunk of ``backbone`` with ``weights`` loaded (random only when asked for).
+
+    Random weights are drawn by :func:`build_random`: the same trunk on every call.
 
     Returns:
         ``(trunk, source, normalisation)``: ``source`` describes the weights (a registry key,
@@ -551,7 +585,7 @@ def build_trunk(backbone: BackboneSpec, weights: str | os.PathLike[str] | None, 
         the weights were trained with.
     """
     if is_random(weights):
-        return backbone.build_features(), "random (weights=None)", "imagenet"
+        return build_random(backbone.build_features), "random (weights=None)", "imagenet"
     with torch.device("meta"):  # no random initialisation that the file overwrites anyway
         trunk = backbone.build_features()
     trunk = trunk.to_empty(device="cpu")
@@ -562,10 +596,17 @@ def build_trunk(backbone: BackboneSpec, weights: str | os.PathLike[str] | None, 
 
 def _features_state(state: dict[str, torch.Tensor], backbone: BackboneSpec, path: Path
                     ) -> dict[str, torch.Tensor]:
-    """Check a full-model or trunk-only state dict strictly; return the trunk's part."""
+    """Check a full-model or trunk-only state dict strictly; return the trunk's part.
+
+    A trunk-only file may keep the full model's ``features.`` prefix on every key (the
+    trunk's part of a full state dict, saved alone): the prefix is dropped and the keys are
+    checked strictly as a trunk's.
+    """
     prefix = backbone.features_prefix
     if not any(key.startswith(prefix) for key in state):
         return state  # trunk only: checked strictly when loaded
+    if all(key.startswith(prefix) for key in state):
+        return {key[len(prefix):]: value for key, value in state.items()}
     with torch.device("meta"):
         reference = backbone.build().state_dict()
     check_shapes({k: tuple(v.shape) for k, v in reference.items()},

@@ -342,6 +342,23 @@ def format_user_error(error: BaseException) -> str:
     return f"Error: {one_line(text) or type(error).__name__}"
 
 
+def is_other_rank() -> bool:
+    """Whether this process is a ``torchrun`` rank other than 0 (``RANK`` set and not 0)."""
+    return os.environ.get("RANK", "0").strip() not in {"", "0"}
+
+
+def report_user_error(error: BaseException) -> None:
+    """Print the one line of a user error on stderr, on rank 0 only under ``torchrun``.
+
+    Every rank runs the same command, so most errors (a bad option, missing weights) happen on
+    each of them; rank 0 prints the line once. An error of another rank alone reaches rank 0
+    too ("process 1 of 2 failed: ..."), so nothing is lost. ``--debug`` prints on every rank.
+    """
+    if is_other_rank() and not debug_enabled():
+        return
+    click.echo(format_user_error(error), err=True)
+
+
 def _exit_code(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -354,7 +371,9 @@ class OneLineErrorsMixin:
     Usage errors (bad option, missing file argument), library ``ValueError``/``TypeError``,
     missing files and missing optional packages become ``Error: <message>`` and exit code 1.
     Other exceptions are bugs and keep their traceback. ``--debug`` (or
-    ``PERCEPTUAL_DEBUG=1``) re-raises user errors too, with their traceback.
+    ``PERCEPTUAL_DEBUG=1``) re-raises user errors too, with their traceback. Under
+    ``torchrun`` only rank 0 prints the line (see :func:`report_user_error`); every rank exits
+    with code 1.
     """
 
     def main(  # noqa: D102 - documented on the class
@@ -383,12 +402,12 @@ class OneLineErrorsMixin:
         except click.ClickException as error:
             if debug_enabled():
                 traceback.print_exc()
-            click.echo(format_user_error(error), err=True)
+            report_user_error(error)
             sys.exit(1)
         except Exception as error:
             if not is_user_error(error) or debug_enabled():
                 raise
-            click.echo(format_user_error(error), err=True)
+            report_user_error(error)
             sys.exit(1)
         sys.exit(_exit_code(result))
 
