@@ -7,6 +7,7 @@ strictly), builds its ``features`` trunk alone, and names every module of that t
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,7 +23,7 @@ from perceptual_loss.backbones.squeezenet import (
 )
 from perceptual_loss.backbones.vgg import VGG, keras_aliases, make_vgg_features, vgg_layer_names
 
-__all__ = ["BackboneSpec", "get_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BackboneSpec", "get_backbone", "list_backbones", "nearest_layer", "register_backbone"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class BackboneSpec:
         if layer in self.aliases:
             return self.aliases[layer]
         valid = list(self.layer_names)
-        close = difflib.get_close_matches(layer, valid + list(self.aliases), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = nearest_layer(layer, valid + list(self.aliases))
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ValueError(
             f"unknown layer {layer!r} for backbone {self.name!r}.{hint} "
             f"Valid layers: {', '.join(valid)}"
@@ -72,6 +73,50 @@ class BackboneSpec:
     def index(self, layer: str) -> int:
         """Position of ``layer`` (any accepted name) in the trunk."""
         return self.layer_names.index(self.canonical(layer))
+
+
+_LAYER_PATTERNS = (
+    re.compile(r"(?P<kind>block)(?P<block>\d+)_conv(?P<pos>\d+)"),   # Keras: block3_conv3
+    re.compile(r"(?P<kind>block)(?P<block>\d+)_pool()"),             # Keras: block3_pool
+    re.compile(r"(?P<kind>[a-z]+)(?P<block>\d+)_(?P<pos>\d+)"),      # relu3_3, conv3_3, bn3_3
+    re.compile(r"(?P<kind>[a-z]+)(?P<block>\d+)()"),                  # pool3, relu1, fire2
+)
+
+
+def _layer_key(name: str) -> tuple[str, int, int] | None:
+    """``(kind, block, position)`` of a structured layer name; ``None`` for other names."""
+    for number, pattern in enumerate(_LAYER_PATTERNS):
+        match = pattern.fullmatch(name.strip().lower())
+        if match is not None:
+            kind = f"{match['kind']}#{number}"  # block3_conv3 and block3_pool differ in kind
+            return kind, int(match.group(2)), int(match.group(3) or 0)
+    return None
+
+
+def nearest_layer(layer: str, names: list[str]) -> str | None:
+    """The name in ``names`` a user most likely meant by the unknown ``layer``.
+
+    Structured names are matched by kind, then block, then position: for VGG11 (one
+    convolution in block 1) ``relu1_2`` gives ``relu1_1``, and ``relu9_9`` on VGG16 gives
+    ``relu5_3``, where spelling alone would pick ``relu5_2`` or nothing. Other names fall
+    back to the closest spelling.
+
+    Args:
+        layer: The unknown name.
+        names: Valid names (layer names and aliases).
+
+    Returns:
+        The nearest valid name, or ``None`` when nothing is close.
+    """
+    key = _layer_key(layer)
+    if key is not None:
+        kind, block, position = key
+        same_kind = [(abs(k[1] - block), abs(k[2] - position), -k[2], name)
+                     for name in names if (k := _layer_key(name)) is not None and k[0] == kind]
+        if same_kind:
+            return min(same_kind)[3]
+    close = difflib.get_close_matches(layer, names, n=1)
+    return close[0] if close else None
 
 
 _REGISTRY: Registry[BackboneSpec] = Registry("backbone")
