@@ -37,18 +37,18 @@ def test_train_denoise_writes_everything_and_resumes(folder, tmp_path):
                  "--width", 4, "--depth", 1, "--loss", "mse=1,perceptual=0.1",
                  "--layers", "relu1_1", "--backbone", "vgg11", "--noise", "poisson:20", *FAST)
     assert result.exit_code == 0, result.output
-    assert "RANDOM weights" in result.stderr
+    assert "Warning: the loss network has random weights" in result.stderr
     assert "2 training / 1 held-out" in result.stdout
     checkpoint = load_checkpoint(out)
     assert checkpoint["step"] == 3
     assert checkpoint["task"]["noise"] == "PoissonNoise(peak=20)"
     assert (out / "samples" / "step_000002.png").is_file()
-    assert "RANDOM weights" in (out / "report.md").read_text()
+    assert "random weights" in (out / "report.md").read_text()
     # a second run refuses to overwrite, --resume continues to --steps
     again = run("train", "denoise", "--data", folder, "--out", out, "--crop-size", 16,
                 "--width", 4, "--depth", 1, "--loss", "mse=1", *FAST)
     assert again.exit_code == 1
-    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert "already exists; pass --resume" in again.stderr and "Traceback" not in again.stderr
     resumed = run("train", "denoise", "--data", folder, "--out", out, "--crop-size", 16,
                   "--width", 4, "--depth", 1, "--loss", "mse=1", "--resume",
                   *FAST[:1], 5, *FAST[2:])
@@ -178,3 +178,21 @@ def test_help_everywhere():
         result = run(*args)
         assert result.exit_code == 0, args
         assert "--device" in result.output or "denoise" in result.output
+
+
+def test_train_without_imagenet_weights_warns_with_command_line_advice(folder, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("PERCEPTUAL_LOSS_OFFLINE", "1")
+    monkeypatch.delenv("PERCEPTUAL_LOSS_WEIGHTS_DIR", raising=False)
+    result = run("train", "denoise", "--data", folder, "--out", tmp_path / "dn", "--crop-size",
+                 16, "--width", 4, "--depth", 1, "--loss", "mse=1", "--steps", 1,
+                 "--batch-size", 2, "--device", "cpu", "--no-progress")
+    # an MSE-only run trains; only the report's perceptual column is missing, and it says how
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "not computed" in line]
+    assert len(warning) == 1
+    assert warning[0].startswith("Warning: perceptual distance of the report not computed")
+    assert "`perceptual weights fetch vgg16/imagenet`" in warning[0]
+    assert "--weights random" in warning[0]
+    assert "weights=None explicitly" not in result.output

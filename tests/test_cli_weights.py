@@ -91,6 +91,9 @@ def test_fetch_offline_is_one_clear_line(isolated_cache):
     assert "vgg16-397923af.pth" in result.stderr
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in result.stderr
     assert "PERCEPTUAL_LOSS_OFFLINE" in result.stderr
+    # the advice is how to get the file, not the very command that just failed
+    assert "--file PATH/vgg16-397923af.pth" in result.stderr
+    assert "`perceptual weights fetch vgg16/imagenet`" not in result.stderr
 
 
 def test_fetch_local_file_is_verified_and_installed(isolated_cache, tiny_spec, tmp_path):

@@ -149,7 +149,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
 
 def test_checkpoint_guards(tmp_path):
     _fit(tmp_path / "run", steps=2)
-    with pytest.raises(ValueError, match="already exists; pass resume"):
+    with pytest.raises(ValueError, match=r"already exists; pass --resume \(resume=True\)"):
         _fit(tmp_path / "run", steps=2)
     with pytest.raises(ValueError, match="cannot resume: no checkpoint"):
         _fit(tmp_path / "other", steps=2, resume=True)
@@ -176,7 +176,9 @@ def test_train_restoration_grayscale(tmp_path):
     assert result.step == 2
     # the distance module needs ImageNet weights that tests do not have: the report says so
     report = (tmp_path / "report.md").read_text()
-    assert "perceptual distance not computed" in report
+    assert "perceptual distance of the report not computed" in report
+    assert "`perceptual weights fetch vgg16/imagenet`" in report
+    assert "--weights random" in report and "explicitly" not in report
 
 
 @pytest.mark.slow

@@ -290,4 +290,17 @@ def perceptual_distance_module(
                 return MedicalPerceptualLoss(backbone, weights=weights), None
             return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
     except WeightsNotFoundError as error:
-        return None, f"perceptual distance not computed: {error}"
+        return None, _missing_weights_note(error)
+
+
+def _missing_weights_note(error: WeightsNotFoundError) -> str:
+    """One line for the report and the console: which file is missing and the fixes."""
+    key = getattr(error, "key", None)
+    if key is None:  # a path or a name that is not in the registry
+        return f"perceptual distance of the report not computed: {' '.join(str(error).split())}"
+    folders = getattr(error, "folders", ())
+    folder = f" or copy it into {folders[0]}" if folders else ""
+    return (f"perceptual distance of the report not computed: weights file "
+            f"{error.weights_file} ({key}) is not here. Fetch it with `perceptual weights "
+            f"fetch {key}`{folder}, or run with --weights random (weights=None) for an "
+            "untrained network")

@@ -279,11 +279,12 @@ class _Run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if path.exists() and not (config.resume or config.overwrite):
             raise ValueError(
-                f"{path} already exists; pass resume to continue that run or "
-                "overwrite to start again (or choose another output folder)"
+                f"{path} already exists; pass --resume (resume=True) to continue that run or "
+                "--overwrite (overwrite=True) to start again, or choose another output folder"
             )
         if config.resume and not path.exists():
-            raise ValueError(f"cannot resume: no checkpoint at {path}; run without resume first")
+            raise ValueError(f"cannot resume: no checkpoint at {path}; run without --resume "
+                             "(resume=True) first")
         if config.resume:
             checkpoint = load_checkpoint(path, map_location=self.device)
             if checkpoint["model_config"] != self.model.config:
@@ -523,7 +524,7 @@ def train_restoration(
     distance, reason = perceptual_distance_module(loss_config.backbone, loss_config.weights)
     notes = list(notes) + ([reason] if reason else [])
     if reason and echo is not None:
-        echo(reason)
+        echo(f"Warning: {reason}")
     task = {**task, "loss": loss_config.describe(), "crop size": crop_size}
     return fit(
         model, loss_fn, dataset, eval_pairs, config, task=task, eval_names=eval_names,

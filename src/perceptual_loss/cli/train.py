@@ -34,8 +34,9 @@ def _is_main_process() -> bool:
 
 
 def _echo(text: str) -> None:
+    """Print on rank 0: warnings on stderr, everything else on stdout."""
     if _is_main_process():
-        click.echo(text)
+        click.echo(text, err=text.startswith("Warning:"))
 
 
 def _warn_random_weights(weights: Any) -> list[str]:
@@ -43,7 +44,7 @@ def _warn_random_weights(weights: Any) -> list[str]:
     if weights is not None:
         return []
     note = (
-        "WARNING: the loss network has RANDOM weights (--weights random): perceptual and "
+        "Warning: the loss network has random weights (--weights random): perceptual and "
         "style terms compare features of an untrained VGG, which is fine for testing the "
         "pipeline but does not give the perceptual quality of ImageNet features."
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from perceptual_loss.cli._common import PerceptualCommand, PerceptualGroup
+from perceptual_loss.cli._common import PerceptualCommand, PerceptualGroup, fail
 
 if TYPE_CHECKING:
     from perceptual_loss.weights import WeightSpec
@@ -145,6 +145,16 @@ def fetch(names: tuple[str, ...], local_file: Path | None) -> None:
             shutil.copyfile(local_file, target)
         click.echo(f"{spec.key}: verified and installed at {target}")
         return
+    from perceptual_loss.weights import WeightsNotFoundError
+
     for spec in specs:
-        path = resolve_weight_file(spec, download=True)
+        try:
+            path = resolve_weight_file(spec, download=True)
+        except WeightsNotFoundError as error:
+            # The generic advice would be this very command: say how to get the file instead.
+            why = ("downloads are off: PERCEPTUAL_LOSS_OFFLINE is set"
+                   if "Downloads are off" in str(error) else "the download failed: no internet?")
+            fail(f"cannot fetch {spec.key} ({why}). Download {spec.url} on another machine, "
+                 f"then install it with `perceptual weights fetch {spec.key} --file "
+                 f"PATH/{spec.filename}`, or copy it into {search_folders(spec)[0]}")
         click.echo(f"{spec.key}: {path}")
