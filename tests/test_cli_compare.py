@@ -274,10 +274,11 @@ def test_help_prints_one_example_per_line():
     lines = [line.strip() for line in result.output.splitlines()]
     examples = lines[lines.index("Examples:") + 1:]
     examples = examples[: examples.index("")]
-    assert len(examples) == 4
+    assert len(examples) == 5
     assert all(line.startswith("perceptual compare ") for line in examples)
     assert "perceptual compare refs/ outputs/ --html report/" in examples
-    assert "--html DIRECTORY" in result.output
+    assert "perceptual compare ref_frames/ out_frames/ --video --html video.html" in examples
+    assert "--html PATH" in result.output
 
 
 def test_transparent_pixels_give_a_one_line_warning(tmp_path):

@@ -32,7 +32,8 @@ def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:
     """Mean of each value over the pairs.
 
     PSNR is averaged over the pairs where it is finite (identical pairs have infinite PSNR);
-    it is ``inf`` when every pair is identical.
+    it is ``inf`` when every pair is identical. A video's per-frame ``tlp`` is averaged over
+    the frames that have one (all but the first), which gives the clip's tLP.
 
     Args:
         scores: Scores of the pairs.
@@ -48,13 +49,21 @@ def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:
         finite = [value for value in values if math.isfinite(value)]
         if key == "psnr":
             summary[key] = sum(finite) / len(finite) if finite else math.inf
+        elif key == "tlp":
+            defined = [value for value in values if not math.isnan(value)]
+            summary[key] = sum(defined) / len(defined) if defined else None
         else:
             summary[key] = sum(values) / len(values)
     return summary
 
 
 def _json_number(value: Any) -> Any:
-    """Infinite PSNR is written as the string "inf" (JSON has no infinity)."""
+    """JSON numbers: infinite PSNR as the string "inf" (JSON has no infinity), NaN as null.
+
+    NaN is a value a pair does not have, such as the first frame's tLP term.
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return value
@@ -66,11 +75,14 @@ def write_json(
     config: dict[str, Any],
     only_in_a: Sequence[str] = (),
     only_in_b: Sequence[str] = (),
+    video: dict[str, Any] | None = None,
 ) -> Path:
     """Write scores, their means, the settings and unmatched names as JSON.
 
     The document is ``{"config": ..., "summary": {value: mean}, "pairs": [row, ...],
-    "unmatched": {"only_in_a": [...], "only_in_b": [...]}}``; an infinite PSNR is ``"inf"``.
+    "unmatched": {"only_in_a": [...], "only_in_b": [...]}}``; an infinite PSNR is ``"inf"``,
+    a missing value ``null``. ``video`` (e.g. ``{"tlp": ..., "changes_a": [...]}``) is added
+    as ``"video"``.
 
     Returns:
         The written path.
@@ -83,6 +95,8 @@ def write_json(
         ],
         "unmatched": {"only_in_a": list(only_in_a), "only_in_b": list(only_in_b)},
     }
+    if video is not None:
+        document["video"] = video
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")

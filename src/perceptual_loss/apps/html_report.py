@@ -1,13 +1,16 @@
 """A comparison as a web page: every pair's scores, pictures, and where the distance sits.
 
 :func:`write_html_report` writes one folder: ``index.html`` and ``assets/`` with PNG files
-(thumbnails of both images, a heat map per pair, a colour bar). The page needs no network,
-no CDN and no script from elsewhere: it opens from ``file://`` and can be zipped and sent.
+(thumbnails of both images, a heat map per pair, a colour bar); given a path ending in
+``.html`` it writes that page, its pictures in ``<name>_files/`` beside it. The page needs no
+network, no CDN and no script from elsewhere: it opens from ``file://`` and can be zipped and sent.
 
 It shows a sortable table of every pair's scores (worst pair first, by the perceptual
 distance), a card per pair with both images, a swipe slider between them and a heat map of
 where the distance sits, and the settings of the run, with a warning when the weights were
-random.
+random. For two clips (``perceptual compare A B --video``) the frames stay in frame order and
+a plot shows, frame by frame, the distance of each frame pair and tLP's term with the two
+LPIPS changes it compares.
 
 The heat map is, per pixel:
 
@@ -50,6 +53,7 @@ __all__ = [
     "DistanceMapper",
     "HEATMAP_COLORMAP",
     "THUMB_SIZE",
+    "frame_plot",
     "sort_metric",
     "worst_first",
     "write_html_report",
@@ -263,7 +267,7 @@ def _data_value(value: float | None) -> str:
 
 
 def _header(name: str) -> str:
-    label = {"psnr": "psnr (dB)"}.get(name, name)
+    label = {"psnr": "psnr (dB)", "tlp": "tLP"}.get(name, name)
     return label.replace("perceptual/", "")
 
 
@@ -361,9 +365,136 @@ def _unmatched(only_in_a: Sequence[str], only_in_b: Sequence[str]) -> str:
     return '<ul class="unmatched">' + "".join(parts) + "</ul>" if parts else ""
 
 
-def _asset_name(index: int, name: str, what: str) -> str:
+def _asset_name(index: int, name: str, what: str, assets: str = _ASSETS) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:40].strip("_") or "pair"
-    return f"{_ASSETS}/{index:04d}_{safe}_{what}.png"
+    return f"{assets}/{index:04d}_{safe}_{what}.png"
+
+
+def _page_paths(out: Path) -> tuple[Path, str]:
+    """``(page, assets folder name)`` for ``out``, a folder or a ``.html`` page.
+
+    A folder gets ``index.html`` and ``assets/``; a path ending in ``.html`` is the page, its
+    pictures in ``<name>_files/`` beside it.
+    """
+    if out.suffix.lower() in (".html", ".htm"):
+        if out.is_dir():
+            raise ValueError(f"{out} is a folder; give a folder path or a new .html file")
+        return out, f"{out.stem}_files"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--html needs a folder or a path ending in .html, but {out} is a "
+                         "file; choose another path")
+    return out / "index.html", _ASSETS
+
+
+# --------------------------------------------------------------------------------------------
+# the per-frame plot of a video comparison
+# --------------------------------------------------------------------------------------------
+_PLOT_WIDTH, _PANEL_HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 860, 150, 64, 16, 26, 26
+
+
+def _polyline(values: Sequence[float], x_of: Callable[[int], float], y_of: Callable[[float],
+              float], css: str, label: str) -> str:
+    """An SVG line through the defined values (a NaN breaks the line), with a title."""
+    runs: list[list[str]] = [[]]
+    for index, value in enumerate(values):
+        if value is None or not math.isfinite(value):
+            runs.append([])
+            continue
+        runs[-1].append(f"{x_of(index):.1f},{y_of(value):.1f}")
+    lines = "".join(f'<polyline class="{css}" points="{" ".join(run)}"/>'
+                    for run in runs if len(run) > 1)
+    dots = "".join(f'<circle class="{css}" cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="2.5">'
+                   f"<title>{html.escape(label)}, frame {i}: {v:.4g}</title></circle>"
+                   for i, v in enumerate(values) if v is not None and math.isfinite(v))
+    return lines + dots
+
+
+def _panel(top: float, title: str, series: Sequence[tuple[Sequence[float], str, str]],
+           names: Sequence[str], x_of: Callable[[int], float]) -> str:
+    """One panel of the plot: axes, grid, tick labels and its lines."""
+    e = html.escape
+    finite = [v for values, _, _ in series for v in values if v is not None and math.isfinite(v)]
+    high = max(finite, default=0.0) or 1.0
+    bottom = top + _PANEL_HEIGHT
+
+    def y_of(value: float) -> float:
+        return bottom - value / high * _PANEL_HEIGHT
+
+    parts = [f'<text class="panel-title" x="{_LEFT}" y="{top - 8}">{e(title)}</text>']
+    for fraction in (0.0, 0.5, 1.0):
+        y = y_of(high * fraction)
+        parts.append(f'<line class="grid" x1="{_LEFT}" x2="{_PLOT_WIDTH - _RIGHT}" '
+                     f'y1="{y:.1f}" y2="{y:.1f}"/><text class="tick" x="{_LEFT - 6}" '
+                     f'y="{y + 4:.1f}" text-anchor="end">{high * fraction:.3g}</text>')
+    step = max(1, math.ceil(len(names) / 12))
+    for index in range(0, len(names), step):
+        parts.append(f'<text class="tick" x="{x_of(index):.1f}" y="{bottom + 16}" '
+                     f'text-anchor="middle">{e(names[index][-10:])}</text>')
+    parts.append(f'<line class="axis" x1="{_LEFT}" x2="{_LEFT}" y1="{top}" y2="{bottom}"/>'
+                 f'<line class="axis" x1="{_LEFT}" x2="{_PLOT_WIDTH - _RIGHT}" y1="{bottom}" '
+                 f'y2="{bottom}"/>')
+    legend_x = _PLOT_WIDTH - _RIGHT
+    for values, css, label in reversed(series):
+        parts.append(_polyline(values, x_of, y_of, css, label))
+        parts.append(f'<text class="legend {css}" x="{legend_x}" y="{top - 8}" '
+                     f'text-anchor="end">{e(label)}</text>')
+        legend_x -= 8 + 7 * len(label)
+    return "".join(parts)
+
+
+def frame_plot(scores: Sequence[PairScore], metric: str | None, changes_a: Sequence[float],
+               changes_b: Sequence[float]) -> str:
+    """An inline SVG of a video comparison, frame by frame.
+
+    The top panel shows each frame pair's ``metric`` (e.g. the perceptual distance); the
+    bottom one tLP's term ``|LPIPS(b_t, b_{t-1}) - LPIPS(a_t, a_{t-1})|`` with the two changes
+    it compares (dashed). The x axis is the frame, labelled with frame names.
+
+    Args:
+        scores: The frames, in frame order, with ``values["tlp"]``.
+        metric: The value of the top panel (``None``: no top panel).
+        changes_a: ``LPIPS(a_t, a_{t-1})`` for ``t = 1..T-1``.
+        changes_b: ``LPIPS(b_t, b_{t-1})``.
+
+    Returns:
+        An ``<svg>`` element (no script, no external file).
+    """
+    names = [score.name for score in scores]
+    span = _PLOT_WIDTH - _LEFT - _RIGHT
+
+    def x_of(index: int) -> float:
+        return _LEFT + (index / max(1, len(names) - 1)) * span
+
+    panels = []
+    top = _TOP
+    if metric is not None:
+        values = [score.values.get(metric, math.nan) for score in scores]
+        panels.append(_panel(top, f"{_header(metric)} of each frame pair (A_t vs B_t)",
+                             [(values, "metric", _header(metric))], names, x_of))
+        top += _PANEL_HEIGHT + _TOP + _BOTTOM
+    tlp = [score.values.get("tlp", math.nan) for score in scores]
+    nan = [math.nan]
+    panels.append(_panel(
+        top, "tLP term of each frame: |LPIPS(B_t, B_t-1) - LPIPS(A_t, A_t-1)|",
+        [(tlp, "tlp", "tLP term"), (nan + list(changes_a), "change-a", "LPIPS(A_t, A_t-1)"),
+         (nan + list(changes_b), "change-b", "LPIPS(B_t, B_t-1)")], names, x_of))
+    height = top + _PANEL_HEIGHT + _BOTTOM
+    return (f'<svg id="frame-plot" xmlns="http://www.w3.org/2000/svg" width="{_PLOT_WIDTH}" '
+            f'height="{height}" viewBox="0 0 {_PLOT_WIDTH} {height}" role="img" '
+            f'aria-label="per-frame distance and tLP">' + "".join(panels) + "</svg>")
+
+
+def _video_section(scores: Sequence[PairScore], metric: str | None,
+                   video: dict[str, Any]) -> str:
+    tlp = float(video["tlp"])
+    return (
+        '<section id="video"><h2>Frames</h2>'
+        f'<p class="tlp"><strong>tLP {tlp:.4g}</strong> (x100: {100 * tlp:.3g}): the mean over '
+        "frames 1..T-1 of |LPIPS(B_t, B_t-1) - LPIPS(A_t, A_t-1)|, TecoGAN's temporal "
+        "perceptual metric; 0 when B changes from frame to frame as A does. Lower is "
+        "better.</p>"
+        + frame_plot(scores, metric, video["changes_a"], video["changes_b"]) + "</section>"
+    )
 
 
 def write_html_report(
@@ -378,6 +509,7 @@ def write_html_report(
     colormap: str = HEATMAP_COLORMAP,
     title: str | None = None,
     progress: bool = False,
+    video: dict[str, Any] | None = None,
 ) -> Path:
     """Write the comparison as a page that opens offline: ``out_dir/index.html`` + assets.
 
@@ -385,7 +517,9 @@ def write_html_report(
     thumbnails and the heat map (one more pass of the network per pair).
 
     Args:
-        out_dir: Output folder (created; files of an earlier report there are replaced).
+        out_dir: Output folder (created; files of an earlier report there are replaced), or
+            a path ending in ``.html``: the page itself, its pictures in ``<name>_files/``
+            beside it.
         scores: The scored pairs, e.g. ``compare_folders(...).scores`` or
             ``[compare_images(...)]``.
         scorer: The scorer that made them; its networks draw the heat maps.
@@ -397,9 +531,13 @@ def write_html_report(
         colormap: Matplotlib colour map of the heat maps.
         title: Page title (default: "A vs B" from the config, or the pair count).
         progress: Show a progress bar on stderr while drawing.
+        video: For two clips (``scores`` one per frame, in frame order, with ``"tlp"``):
+            ``{"tlp": float, "changes_a": [...], "changes_b": [...]}`` as from
+            :func:`~perceptual_loss.apps.compare.compare_videos`. The frames then keep their
+            order and the page gets a per-frame plot (:func:`frame_plot`).
 
     Returns:
-        The path of ``index.html``.
+        The path of the page.
 
     Raises:
         ValueError: For no scores, ``thumb_size < 16``, an unknown colour map, or when
@@ -411,16 +549,19 @@ def write_html_report(
     if thumb_size < 16:
         raise ValueError(f"thumb_size must be >= 16, got {thumb_size}")
     _colormap(colormap)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--html needs a folder, but {out_dir} is a file; choose another path")
+    index_path, assets_name = _page_paths(Path(out_dir))
+    out_dir = index_path.parent
     config = dict(scorer.config if config is None else config)
     value_names = list(scores[0].values)
     first = sort_metric(value_names)
-    ordered = worst_first(scores, first)
+    plotted = first
+    if video is not None:
+        ordered, first = list(scores), None  # frame order
+    else:
+        ordered = worst_first(scores, first)
     mapper = DistanceMapper(scorer)
 
-    assets = out_dir / _ASSETS
+    assets = out_dir / assets_name
     assets.mkdir(parents=True, exist_ok=True)
     for stale in assets.glob("*.png"):
         stale.unlink()
@@ -438,7 +579,8 @@ def write_html_report(
                     f"{score.path_a} and {score.path_b} differ in size; compare images of the "
                     "same size"
                 )
-            names = {what: _asset_name(index, score.name, what) for what in ("a", "b", "map")}
+            names = {what: _asset_name(index, score.name, what, assets_name)
+                     for what in ("a", "b", "map")}
             _thumbnail(image_a, thumb_size).save(out_dir / names["a"])
             _thumbnail(image_b, thumb_size).save(out_dir / names["b"])
             maps.append(_shrink_map(mapper(image_a, image_b), thumb_size))
@@ -462,10 +604,11 @@ def write_html_report(
         for index, (score, names, values) in enumerate(zip(ordered, files, maps, strict=True))
     )
     a_name, b_name = config.get("a"), config.get("b")
+    kind = "frame" if video is not None else "pair"
     title = title or (f"{a_name} vs {b_name}" if a_name and b_name else
-                      f"{len(ordered)} image pairs")
+                      f"{len(ordered)} image {kind}s")
     extra = {
-        "pairs": str(len(ordered)),
+        f"{kind}s": str(len(ordered)),
         "first sorted by": f"{first} (worst first)" if first else "name",
         "heat map": mapper.description,
         "heat map colour scale": (
@@ -479,9 +622,13 @@ def write_html_report(
         "title": html.escape(title),
         "random_note": _random_note(config),
         "summary": html.escape(
-            f"{len(ordered)} pair{'s' if len(ordered) != 1 else ''}, sorted worst first by "
-            f"{first or 'name'}; click a column header to sort by it (again to reverse)."
+            f"{len(ordered)} {kind}{'s' if len(ordered) != 1 else ''}, "
+            + ("in frame order" if video is not None else
+               f"sorted worst first by {first or 'name'}")
+            + "; click a column header to sort by it (again to reverse)."
         ),
+        "video": _video_section(ordered, plotted, video) if video is not None else "",
+        "assets": html.escape(assets_name),
         "unmatched": _unmatched(only_in_a, only_in_b),
         "table": _table(ordered, value_names, first),
         "map_description": html.escape(mapper.description),
@@ -492,7 +639,6 @@ def write_html_report(
     # one pass, so text from file names is never read as a placeholder
     page = re.sub(r"\{\{(\w+)\}\}", lambda match: replacements[match.group(1)],
                   _TEMPLATE.read_text(encoding="utf-8"))
-    index_path = out_dir / "index.html"
     index_path.write_text(page, encoding="utf-8")
     return index_path
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["compare"]
 
 
-def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: bool) -> None:
+def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: bool,
+                 what: str = "pairs") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -34,7 +35,7 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
     from perceptual_loss.apps.compare_output import format_value
 
     console = Console(width=None if sys.stdout.isatty() else 120)
-    headers = {"psnr": "psnr (dB)"}
+    headers = {"psnr": "psnr (dB)", "tlp": "tLP"}
     if not folder_mode:
         score = scores[0]
         table = Table(title=f"{score.path_a}  vs  {score.path_b}  ({score.width}x{score.height})")
@@ -47,7 +48,7 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
             table.add_row(label, format_value(name, score.values[name]))
         console.print(table)
         return
-    table = Table(title=f"{len(scores)} pairs")
+    table = Table(title=f"{len(scores)} {what}")
     table.add_column("name", overflow="fold")
     for name in value_names:
         table.add_column(headers.get(name, name.removeprefix("perceptual/")), justify="right")
@@ -66,16 +67,25 @@ def _file_option(flag: str, name: str, what: str) -> Any:
                         help=f"Write {what} to this file ('-' for stdout, instead of the table).")
 
 
+def _existing(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """A path that exists, or a numbered sequence (``clip/%04d.png``) for --video."""
+    from perceptual_loss.apps.compare import is_sequence_pattern
+
+    if value.exists() or (is_sequence_pattern(value) and value.parent.is_dir()):
+        return value
+    raise click.BadParameter(f"Path {str(value)!r} does not exist.", ctx, param)
+
+
 @click.command(cls=PerceptualCommand)
-@click.argument("path_a", metavar="A", type=click.Path(exists=True, path_type=Path))
-@click.argument("path_b", metavar="B", type=click.Path(exists=True, path_type=Path))
+@click.argument("path_a", metavar="A", type=click.Path(path_type=Path), callback=_existing)
+@click.argument("path_b", metavar="B", type=click.Path(path_type=Path), callback=_existing)
 @click.option(
     "--metric",
     "metrics",
     multiple=True,
     metavar="NAMES",
-    help="Metrics, comma-separated or repeated: mse, psnr, ssim, perceptual, lpips, or all. "
-    "Default: mse,psnr,ssim,perceptual.",
+    help="Metrics, comma-separated or repeated: mse, psnr, ssim, perceptual, lpips, dists, or "
+    "all (the default four plus lpips and dists). Default: mse,psnr,ssim,perceptual.",
 )
 @backbone_option
 @layers_option
@@ -113,10 +123,19 @@ def _file_option(flag: str, name: str, what: str) -> Any:
 @click.option(
     "--html",
     "html_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
+    metavar="PATH",
     default=None,
-    help="Write a web page to this folder (index.html + pictures, opens offline): the "
-    "scores sortable, each pair side by side with a heat map of where they differ.",
+    help="Write a web page that opens offline: to PATH/index.html with PATH/assets/, or, for a "
+    "PATH ending in .html, to that page with its pictures in NAME_files/ beside it. The scores "
+    "sortable, each pair side by side with a heat map of where they differ.",
+)
+@click.option(
+    "--video",
+    is_flag=True,
+    help="A and B are clips: folders of frames or numbered sequences (ref/%04d.png), matched "
+    "by name or number in frame order. Reports every frame's metrics and the clips' tLP "
+    "(TecoGAN's temporal LPIPS; papers report it x100); --html adds a per-frame plot.",
 )
 @click.option(
     "--batch-size",
@@ -149,6 +168,7 @@ def compare(
     json_path: Path | None,
     csv_path: Path | None,
     html_dir: Path | None,
+    video: bool,
     batch_size: int,
     workers: int,
     recursive: bool,
@@ -169,6 +189,7 @@ def compare(
       perceptual compare refs/ outputs/ --json scores.json --csv scores.csv
       perceptual compare refs/ outputs/ --html report/
       perceptual compare a.png b.png --metric mse,lpips --weights random
+      perceptual compare ref_frames/ out_frames/ --video --html video.html
     """  # noqa: D301 (\b must stay click's no-rewrap mark)
     import torch
 
@@ -182,6 +203,17 @@ def compare(
     )
     from perceptual_loss.apps.io import warnings_as_lines
 
+    if video:
+        _compare_videos(path_a, path_b, chosen_names=metrics, backbone=backbone, layers=layers,
+                        weights=weights, device=device, criterion=criterion, resize=resize,
+                        lpips_net=lpips_net, tile_size=tile_size, json_path=json_path,
+                        csv_path=csv_path, html_path=html_dir, batch_size=batch_size,
+                        progress=not no_progress)
+        return
+    for path in (path_a, path_b):
+        if not path.exists():
+            raise click.UsageError(f"{path} is a numbered sequence: add --video to compare "
+                                   "two clips")
     if path_a.is_dir() != path_b.is_dir():
         kinds = ("folder" if path_a.is_dir() else "file", "folder" if path_b.is_dir() else "file")
         raise click.UsageError(
@@ -275,6 +307,91 @@ def compare(
         )
     if not to_stdout:
         _print_table(scores, scorer.value_names(), folder_mode)
+    for label, written_path in (("JSON", json_path), ("CSV", csv_path), ("HTML", html_index)):
+        if written_path is not None and str(written_path) != "-":
+            click.echo(f"{label} written to {written_path}", err=True)
+
+
+def _write_outputs(json_path: Path | None, csv_path: Path | None, write_json_to: Any,
+                   write_csv_to: Any) -> bool:
+    """Write --json and --csv (``-``: stdout); whether stdout was used."""
+    import tempfile
+
+    to_stdout = False
+    for path, writer, name in ((json_path, write_json_to, "scores.json"),
+                               (csv_path, write_csv_to, "scores.csv")):
+        if path is None:
+            continue
+        if str(path) == "-":
+            with tempfile.TemporaryDirectory() as scratch:
+                written = writer(Path(scratch) / name)
+                click.echo(written.read_text(encoding="utf-8"), nl=False)
+            to_stdout = True
+        else:
+            writer(path)
+    return to_stdout
+
+
+def _compare_videos(path_a: Path, path_b: Path, *, chosen_names: tuple[str, ...], backbone: str,
+                    layers: tuple[str, ...] | None, weights: str | Path | None,
+                    device: torch.device, criterion: str, resize: int | None, lpips_net: str,
+                    tile_size: int | None, json_path: Path | None, csv_path: Path | None,
+                    html_path: Path | None, batch_size: int, progress: bool) -> None:
+    """``perceptual compare A B --video``: every frame's metrics and the clips' tLP."""
+    from perceptual_loss.apps.compare import (
+        ImageScorer,
+        compare_videos,
+        parse_metrics,
+        write_csv,
+        write_json,
+    )
+    from perceptual_loss.apps.io import warnings_as_lines
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError("--video runs in one process; launch it without torchrun")
+    for path in (path_a, path_b):
+        if path.exists() and not path.is_dir():
+            raise click.UsageError(f"--video compares two clips (folders of frames or numbered "
+                                   f"sequences such as clip/%04d.png); {path} is a file")
+    if json_path is not None and csv_path is not None and str(json_path) == str(csv_path) == "-":
+        raise click.UsageError("--json - and --csv - both write to stdout; choose one")
+    chosen = parse_metrics(parse_name_list(chosen_names))
+    if weights is None:
+        click.echo("Warning: --weights random: the perceptual, lpips and tLP values come from "
+                   "an untrained network and do not measure perceptual similarity.", err=True)
+    scorer = ImageScorer(chosen, backbone=backbone, layers=layers, weights=weights,
+                         criterion=criterion, resize=resize, lpips_net=lpips_net,
+                         tile_size=tile_size, device=device, progress=progress)
+    with warnings_as_lines(lambda text: click.echo(text, err=True)):
+        result = compare_videos(path_a, path_b, scorer, frames_per_chunk=max(2, batch_size),
+                                progress=progress)
+    for side, names in (("A", result.only_in_a), ("B", result.only_in_b)):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            click.echo(f"Warning: {len(names)} frame(s) only in {side} were skipped: {shown}",
+                       err=True)
+    config = {**scorer.config, "a": str(path_a), "b": str(path_b), "device": str(device),
+              "video": True}
+    video = {"tlp": result.tlp, "tlp_x100": 100 * result.tlp, "changes_a": result.changes_a,
+             "changes_b": result.changes_b}
+    to_stdout = _write_outputs(
+        json_path, csv_path,
+        lambda path: write_json(path, result.scores, config, result.only_in_a,
+                                result.only_in_b, video=video),
+        lambda path: write_csv(path, result.scores))
+    html_index = None
+    if html_path is not None:
+        from perceptual_loss.apps.html_report import write_html_report
+
+        html_index = write_html_report(html_path, result.scores, scorer, config,
+                                       only_in_a=result.only_in_a, only_in_b=result.only_in_b,
+                                       progress=progress, video=video)
+    if not to_stdout:
+        value_names = [*scorer.value_names(), "tlp"]
+        _print_table(result.scores, value_names, True, what="frames")
+        click.echo(f"tLP {result.tlp:.4g} (x100: {100 * result.tlp:.3g}) over "
+                   f"{len(result.scores)} frames: the mean of |LPIPS(B_t, B_t-1) - "
+                   "LPIPS(A_t, A_t-1)|")
     for label, written_path in (("JSON", json_path), ("CSV", csv_path), ("HTML", html_index)):
         if written_path is not None and str(written_path) != "-":
             click.echo(f"{label} written to {written_path}", err=True)
