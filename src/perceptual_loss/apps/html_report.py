@@ -389,7 +389,7 @@ def _page_paths(out: Path) -> tuple[Path, str]:
 # --------------------------------------------------------------------------------------------
 # the per-frame plot of a video comparison
 # --------------------------------------------------------------------------------------------
-_PLOT_WIDTH, _PANEL_HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 860, 150, 64, 16, 26, 26
+_PLOT_WIDTH, _PANEL_HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 880, 150, 64, 40, 26, 26
 
 
 def _polyline(values: Sequence[float], x_of: Callable[[int], float], y_of: Callable[[float],
@@ -401,7 +401,7 @@ def _polyline(values: Sequence[float], x_of: Callable[[int], float], y_of: Calla
             runs.append([])
             continue
         runs[-1].append(f"{x_of(index):.1f},{y_of(value):.1f}")
-    lines = "".join(f'<polyline class="{css}" points="{" ".join(run)}"/>'
+    lines = "".join(f'<polyline class="{css}" style="fill: none" points="{" ".join(run)}"/>'
                     for run in runs if len(run) > 1)
     dots = "".join(f'<circle class="{css}" cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="2.5">'
                    f"<title>{html.escape(label)}, frame {i}: {v:.4g}</title></circle>"
