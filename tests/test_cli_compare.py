@@ -295,3 +295,92 @@ def test_transparent_pixels_give_a_one_line_warning(tmp_path):
         "the alpha channel is dropped and the colour stored under them is used as it is (often "
         "black). Flatten the image onto the background you mean first to choose what they show"
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# --video: two clips of frames
+# --------------------------------------------------------------------------------------------
+def _write_clips(folder, frames=5, size=(32, 36)):
+    """A clip that pans and a noisy copy whose noise flickers: frame_001.png, ..."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (*size, 3)).astype(np.float64)
+    for t in range(1, frames + 1):
+        shifted = np.roll(base, 2 * t, axis=1)
+        noisy = shifted + rng.normal(0, 10 if t % 2 else 40, shifted.shape)
+        for side, pixels in (("a", shifted), ("b", noisy)):
+            path = folder / side / f"frame_{t:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8)).save(path)
+
+
+def test_compare_videos_gives_tlp_from_pairwise_lpips_of_the_frames(tmp_path):
+    from perceptual_loss.apps.compare import compare_videos
+    from perceptual_loss.apps.io import load_image
+
+    _write_clips(tmp_path, frames=5)
+    torch.manual_seed(0)
+    scorer = ImageScorer(["mse", "lpips"], weights="random")
+    result = compare_videos(tmp_path / "a", tmp_path / "b", scorer, frames_per_chunk=2,
+                            progress=False)
+    assert [score.name for score in result.scores] == [f"frame_{t:03d}" for t in range(1, 6)]
+    a = [load_image(tmp_path / "a" / f"frame_{t:03d}.png")[None] for t in range(1, 6)]
+    b = [load_image(tmp_path / "b" / f"frame_{t:03d}.png")[None] for t in range(1, 6)]
+    metric = scorer.temporal_metric()
+    with torch.no_grad():
+        change_a = [float(metric(a[t], a[t - 1])) for t in range(1, 5)]
+        change_b = [float(metric(b[t], b[t - 1])) for t in range(1, 5)]
+        frame_lpips = [float(metric(b[t], a[t])) for t in range(5)]
+    terms = [abs(pb - pa) for pa, pb in zip(change_a, change_b, strict=True)]
+    assert result.tlp == pytest.approx(sum(terms) / 4, rel=1e-5)
+    assert result.changes_a == pytest.approx(change_a, rel=1e-5)
+    assert math.isnan(result.scores[0].values["tlp"])
+    assert [s.values["tlp"] for s in result.scores[1:]] == pytest.approx(terms, rel=1e-4)
+    assert [s.values["lpips"] for s in result.scores] == pytest.approx(frame_lpips, rel=1e-5)
+    assert summarize(result.scores)["tlp"] == pytest.approx(result.tlp, rel=1e-6)
+
+
+def test_cli_video_on_folders_and_numbered_sequences(tmp_path):
+    _write_clips(tmp_path, frames=4)
+    (tmp_path / "b" / "frame_004.png").rename(tmp_path / "b" / "frame_009.png")  # unmatched
+    outputs = []
+    for a, b in ((tmp_path / "a", tmp_path / "b"),
+                 (tmp_path / "a" / "frame_%03d.png", tmp_path / "b" / "frame_%d.png")):
+        torch.manual_seed(0)
+        result = CliRunner().invoke(cli, [
+            "compare", str(a), str(b), "--video", "--metric", "mse,psnr", "--weights",
+            "random", "--device", "cpu", "--no-progress", "--json", "-"])
+        assert result.exit_code == 0, result.output
+        assert "1 frame(s) only in A were skipped: " in result.stderr
+        outputs.append(json.loads(result.stdout))
+    for document in outputs:
+        frames = document["pairs"]
+        assert len(frames) == 3 and frames[0]["tlp"] is None
+        assert document["video"]["tlp"] == pytest.approx(
+            (frames[1]["tlp"] + frames[2]["tlp"]) / 2)
+        assert document["summary"]["tlp"] == pytest.approx(document["video"]["tlp"])
+        assert document["video"]["tlp_x100"] == pytest.approx(100 * document["video"]["tlp"])
+        assert document["video"]["tlp"] > 0
+    assert [f["name"] for f in outputs[0]["pairs"]] == ["frame_001", "frame_002", "frame_003"]
+    assert [f["name"] for f in outputs[1]["pairs"]] == ["1", "2", "3"]
+    assert outputs[0]["video"]["tlp"] == pytest.approx(outputs[1]["video"]["tlp"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["a/frame_001.png", "b", "--video"], "a/frame_001.png is a file"),
+    (["a/x_%03d.png", "b", "--video"], "no frames match"),
+    (["a/frame_%03d.png", "b/frame_%03d.png"], "add --video"),
+    (["a/frame_%03d.png", "nowhere/f_%03d.png", "--video"], "Path 'nowhere/f_%03d.png' does"),
+])
+def test_cli_video_errors(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    _write_clips(tmp_path, frames=2)
+    result = CliRunner().invoke(cli, ["compare", *args, "--metric", "mse", "--no-progress"])
+    assert result.exit_code != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_metric_help_lists_dists_and_what_all_adds():
+    result = CliRunner().invoke(cli, ["compare", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "perceptual, lpips, dists, or all (the default four plus lpips and dists)" in text

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import math
 import os
 import re
@@ -274,3 +275,97 @@ def test_report_in_headless_chromium(tmp_path, browser):
     assert Image.open(screenshot).size[0] > 0
     browser.execute_script("console.error('probe')")  # the log really records errors
     assert any("probe" in entry["message"] for entry in browser.get_log("browser"))
+
+
+# --------------------------------------------------------------------------------------------
+# --html PAGE.html, and the video page
+# --------------------------------------------------------------------------------------------
+def _links_resolve(page):
+    parser = _Links()
+    parser.feed(page.read_text())
+    local = [s for s in parser.sources if not s.startswith(("#", "data:"))]
+    assert local and all((page.parent / source).is_file() for source in local)
+    return local
+
+
+def test_html_path_ending_in_html_is_the_page_with_its_pictures_beside_it(tmp_path):
+    _write_pairs(tmp_path / "a", tmp_path / "b", count=2)
+    runner = CliRunner()
+    page = tmp_path / "out" / "report.html"
+    result = runner.invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                 "--metric", "mse", "--no-progress", "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert page.is_file() and f"HTML written to {page}" in result.stderr
+    sources = _links_resolve(page)
+    assert all(source.startswith("report_files/") for source in sources)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report_files"]
+    folder = tmp_path / "as_folder"
+    result = runner.invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                 "--metric", "mse", "--no-progress", "--html", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert all(s.startswith("assets/") for s in _links_resolve(folder / "index.html"))
+    (tmp_path / "taken.html").mkdir()
+    result = runner.invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                 "--metric", "mse", "--no-progress", "--html",
+                                 str(tmp_path / "taken.html")])
+    assert result.exit_code == 1 and "taken.html is a folder" in result.stderr
+
+
+def _write_frames(folder, frames=4, size=(40, 48)):
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (*size, 3)).astype(np.float64)
+    for t in range(frames):
+        shifted = np.roll(base, 3 * t, axis=1)
+        for side, pixels in (("a", shifted), ("b", shifted + rng.normal(0, 5 + 20 * (t % 2),
+                                                                        shifted.shape))):
+            (folder / side).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(
+                folder / side / f"f{t}.png")
+
+
+def test_video_page_keeps_frame_order_and_plots_every_frame(tmp_path):
+    _write_frames(tmp_path, frames=4)
+    page = tmp_path / "video.html"
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                      "--video", "--metric", "mse,perceptual", "--weights",
+                                      "random", "--device", "cpu", "--no-progress",
+                                      "--layers", "relu1_2", "--html", str(page), "--json",
+                                      str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    _links_resolve(page)
+    tlp = json.loads((tmp_path / "s.json").read_text())["video"]["tlp"]
+    assert f"tLP {tlp:.4g}</strong>" in text
+    svg = re.search(r'<svg id="frame-plot".*?</svg>', text, re.S).group(0)
+    lines = dict(re.findall(r'<polyline class="([\w-]+)"[^>]*points="([^"]*)"', svg))
+    assert len(lines["metric"].split()) == 4  # every frame's perceptual distance
+    assert len(lines["tlp"].split()) == 3  # tLP terms of frames 1..3
+    assert len(lines["change-a"].split()) == len(lines["change-b"].split()) == 3
+    xs = [float(point.split(",")[0]) for point in lines["metric"].split()]
+    assert xs == sorted(xs)
+    cards = re.findall(r'<section class="card" id="pair-\d+" data-pair="\d+">\n<h3>.*?</span> '
+                       r"(\w+)</h3>", text)
+    assert cards == ["f0", "f1", "f2", "f3"]  # frame order, not worst first
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM), reason=BROWSER_SKIP_REASON)
+def test_video_plot_in_headless_chromium(tmp_path, browser):
+    _write_frames(tmp_path, frames=3)
+    page = tmp_path / "video.html"
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                      "--video", "--metric", "mse,lpips", "--weights",
+                                      "random", "--device", "cpu", "--no-progress",
+                                      "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    browser.get(page.as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    box = browser.execute_script(
+        "const r = document.getElementById('frame-plot').getBoundingClientRect();"
+        "return [r.width, r.height];")
+    assert box[0] > 400 and box[1] > 200
+    fills = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#frame-plot polyline'))"
+        ".map(p => getComputedStyle(p).fill);")
+    assert fills and all(fill == "none" for fill in fills)  # lines, not filled areas
