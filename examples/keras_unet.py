@@ -40,9 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-if "KERAS_BACKEND" not in os.environ:  # Keras' default, TensorFlow, where it is installed
+if "KERAS_BACKEND" in os.environ:
+    BACKEND_REASON = "KERAS_BACKEND is set"
+else:  # Keras' default, TensorFlow, where it is installed; said aloud when it is not
     os.environ["KERAS_BACKEND"] = next(
         (name for name in ("tensorflow", "jax") if importlib.util.find_spec(name)), "torch")
+    BACKEND_REASON = ("KERAS_BACKEND is not set: Keras' default" if os.environ["KERAS_BACKEND"]
+                      == "tensorflow" else "KERAS_BACKEND is not set and TensorFlow is not "
+                      "installed: the first installed of jax, torch")
+print(f"Keras backend: {os.environ['KERAS_BACKEND']} ({BACKEND_REASON})", flush=True)
 
 import keras  # noqa: E402
 
