@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from keras_helpers import (  # noqa: E402
     to_numpy,
     write_legacy_vgg16_h5,
 )
+from perceptual_loss import OutOfRangeWarning  # noqa: E402
 from perceptual_loss import PerceptualLoss as TorchPerceptualLoss  # noqa: E402
 from perceptual_loss import gram_matrix as torch_gram_matrix  # noqa: E402
 from perceptual_loss.backbones import get_backbone  # noqa: E402
@@ -386,18 +388,27 @@ def test_wrong_channel_count_and_rank_are_refused(small_loss: PerceptualLoss) ->
         small_loss(tiny, tiny)
 
 
-def test_values_outside_the_declared_range_are_refused(small_loss: PerceptualLoss) -> None:
+def test_targets_outside_the_declared_range_are_refused_predictions_only_warned_about(
+        small_loss: PerceptualLoss) -> None:
     good = images((1, 16, 16, 3), 35)
     good[0, 0, 0, 0], good[0, -1, -1, -1] = 0.0, 1.0
-    with pytest.raises(ValueError, match=r"y_pred has values in \[0, 255\] but "
+    with pytest.raises(ValueError, match=r"y_true has values in \[0, 255\] but "
                                          r"input_range=\(0, 1\) was declared"):
-        small_loss(good, good * 255)
+        small_loss(good * 255, good)
     with pytest.raises(ValueError, match=r"y_true has values in \[-1, 1\] but "
                                          r"input_range=\(0, 1\).*input_range=\(-1, 1\)"):
         small_loss(good * 2 - 1, good)
+    # The model's output is never refused for its range: one warning when it looks like
+    # another convention, none for an overshoot.
+    with pytest.warns(OutOfRangeWarning, match=r"y_pred has values in \[0, 255\]"):
+        assert np.isfinite(to_numpy(small_loss(good, good * 255)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfRangeWarning)
+        small_loss(good, good * 255)  # given once
+        small_loss(good, good * 1.2 - 0.1)
     bad = good.copy()
     bad[0, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="y_pred contains NaN"):
         small_loss(good, bad)
 
 

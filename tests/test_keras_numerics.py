@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from keras_helpers import (  # noqa: E402
 from perceptual_loss import PerceptualLoss as TorchPerceptualLoss  # noqa: E402
 from perceptual_loss.backbones import get_backbone  # noqa: E402
 from perceptual_loss.keras import FeatureExtractor, PerceptualLoss  # noqa: E402
+from processes import run_group  # noqa: E402
 
 ops = keras.ops
 # Input gradients of the Keras loss against the PyTorch loss's, in float32: at most this
@@ -74,6 +76,53 @@ def test_compiled_fit_on_0_255_data_fails_at_the_first_step(checkpoint: Path) ->
     with pytest.raises(Exception, match=r"y_true has values (in \[.*, 25\d|outside input_range)"):
         model.fit(x, x * 255.0, batch_size=4, epochs=3, verbose=0, callbacks=[counter])
     assert counter.steps == 0
+
+
+def linear_head_model(size: int = 16) -> keras.Model:
+    """EDSR-style: the last layer is linear, and its bias starts at 1.02 so outputs overshoot."""
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    outputs = keras.layers.Conv2D(
+        3, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(0.0, 0.05, 0),
+        bias_initializer=keras.initializers.Constant(1.02))(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_compiled_fit_trains_a_linear_head_whose_outputs_leave_the_range(
+        checkpoint: Path) -> None:
+    loss = PerceptualLoss("vgg11", layers=("relu1_1",), weights=checkpoint, pixel_mse=1.0)
+    model = linear_head_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)  # jit / tf.function
+    x = images((4, 16, 16, 3), 3)
+    assert to_numpy(model.predict(x, verbose=0)).max() > 1.01  # the outputs really overshoot
+    counter = CountSteps()
+    history = model.fit(x, x, batch_size=2, epochs=6, verbose=0, callbacks=[counter])
+    assert counter.steps == 12
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_a_model_compiled_with_the_loss_saves_and_loads_in_a_fresh_process(
+        checkpoint: Path, tmp_path: Path) -> None:
+    loss = PerceptualLoss("vgg11", layers=("relu1_1",), weights=checkpoint, pixel_mse=1.0)
+    model = linear_head_model()
+    model.compile(optimizer="adam", loss=loss)
+    x = images((2, 16, 16, 3), 4)
+    model.fit(x, x, batch_size=2, epochs=1, verbose=0)
+    expected = float(to_numpy(model.loss(x, model(x))))
+    path = tmp_path / "linear_head.keras"
+    model.save(path)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import numpy as np, keras, perceptual_loss.keras\n"
+        f"model = keras.saving.load_model({str(path)!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        "print(float(keras.ops.convert_to_numpy(model.loss(x, model(x)))))\n")
+    result = run_group([sys.executable, "-c", script], timeout=300, env={
+        **os.environ, "KERAS_BACKEND": BACKEND, "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_compiled_steps_catch_nan_in_the_prediction(checkpoint: Path) -> None:
@@ -126,7 +175,12 @@ def test_set_target_equals_pytorch_and_ignores_y_true(checkpoint: Path, batch: i
     parts = keras_loss.compute_parts(None, y_pred)
     np.testing.assert_allclose(sum(to_numpy(v) for v in parts.values()), expected, rtol=1e-5)
 
+    # One rule on both front ends: the cached target is the target. Keras must pass y_true and
+    # ignores it; the PyTorch loss refuses a second target rather than ignore it.
+    with pytest.raises(ValueError, match=r"a target is cached with set_target"):
+        torch_loss(nchw(y_pred), nchw(unrelated))
     keras_loss.clear_target()
+    torch_loss.clear_target()
     np.testing.assert_allclose(
         to_numpy(keras_loss(unrelated, y_pred)),
         torch_loss(nchw(y_pred), nchw(unrelated)).detach().numpy(), rtol=1e-5)

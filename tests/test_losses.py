@@ -177,6 +177,19 @@ def test_set_target_then_prediction_only():
         loss_fn(x)
 
 
+def test_a_cached_target_is_the_target_and_another_one_is_refused():
+    """One rule with the Keras loss: while a target is cached, it is what the loss compares
+    with (Keras ignores y_true; here a second target is refused rather than ignored)."""
+    x, y = _images(2, 3, 16, 16)
+    loss_fn = PerceptualLoss(**TINY)
+    loss_fn.set_target(y)
+    with pytest.raises(ValueError, match=r"a target is cached with set_target\(\).*"
+                                         r"clear_target\(\)"):
+        loss_fn(x, x)
+    loss_fn.clear_target()
+    assert loss_fn(x, x) == 0
+
+
 def test_target_gets_no_gradient_unless_it_asks():
     x, y = _images(2, 3, 16, 16)
     x.requires_grad_(True)
@@ -212,7 +225,7 @@ def test_declared_input_range_gives_same_value(input_range):
 def test_out_of_range_error_reports_min_max_and_can_be_disabled():
     x, y = _images(1, 3, 16, 16)
     with pytest.raises(ValueError,
-                       match=r"prediction has values in \[0.*, 2\].*check_values=False"):
+                       match=r"prediction has values in \[0.*, 2\] but input_range=\(0, 1\)"):
         PerceptualLoss(**TINY)(x * 2, y)
     assert torch.isfinite(PerceptualLoss(**TINY, check_values=False)(x * 2, y))
 

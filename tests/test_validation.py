@@ -102,9 +102,9 @@ def test_a_cached_target_of_another_batch_size_is_refused_not_tiled(chunk_size):
 def test_a_cached_single_target_is_shared_by_every_sample(chunk_size):
     loss_fn = PerceptualLoss(**TINY, pixel_mse=1.0, chunk_size=chunk_size, reduction="none")
     target, prediction = _images(n=1)[0], _images(n=3, seed=2)[0]
+    expected = loss_fn(prediction, target.expand(3, -1, -1, -1))
     loss_fn.set_target(target)
-    torch.testing.assert_close(loss_fn(prediction), loss_fn(prediction, target.expand(3, -1, -1,
-                                                                                      -1)))
+    torch.testing.assert_close(loss_fn(prediction), expected)
 
 
 # ------------------------------------------------------------------ the functional form

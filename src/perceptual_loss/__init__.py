@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "MedicalPerceptualLoss": "perceptual_loss.medical",
     "lpips_distance": "perceptual_loss.metrics",
     "NORMALIZATIONS": "perceptual_loss.preprocess",
+    "OutOfRangeWarning": "perceptual_loss._checks",
     "Recipe": "perceptual_loss.recipe",
     "Normalization": "perceptual_loss.preprocess",
     "CT_WINDOWS": "perceptual_loss.volumes",
@@ -55,6 +56,7 @@ __all__ = [
     "MedicalPerceptualLoss",
     "NORMALIZATIONS",
     "Normalization",
+    "OutOfRangeWarning",
     "PerceptualLoss",
     "Recipe",
     "TotalVariationLoss",
@@ -94,6 +96,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from perceptual_loss._checks import OutOfRangeWarning
     from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
     from perceptual_loss.dists import DISTS
     from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor

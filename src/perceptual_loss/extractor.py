@@ -17,6 +17,7 @@ from perceptual_loss._checks import (
     check_pair,
     check_values,
     check_values_of,
+    value_role,
 )
 from perceptual_loss._lean import LeanPlan, build_plan, lean_forward
 from perceptual_loss._weight_files import check_state, read_state_dict
@@ -117,6 +118,8 @@ class FeatureExtractor(nn.Module):
         self.layers: tuple[str, ...] = tuple(canonical)
         self.input_range = check_input_range(input_range)
         self.check_values = check_values
+        #: Names of the images already warned about (a prediction far outside the range, once).
+        self.value_warnings: set[str] = set()
         if isinstance(backbone, nn.Module):
             implied = self._hook_module(backbone, weights)
         else:
@@ -221,10 +224,13 @@ class FeatureExtractor(nn.Module):
         self.body.eval()
         return self
 
-    def check_input(self, x: object, name: str = "input", *, values: bool = True
-                    ) -> torch.Tensor:
+    def check_input(self, x: object, name: str = "input", *, values: bool = True,
+                    prediction: bool = False) -> torch.Tensor:
         """Validate ``x`` (type, shape, channels, size, dtype, device, values) and return it.
 
+        Values are judged by the value rule (:func:`~perceptual_loss._checks.range_verdict`):
+        an image autograd records is a network's output being trained; otherwise a
+        ``prediction`` is a network's output in metric use and anything else is data.
         ``values=False`` leaves the NaN/Inf and range check (a device synchronisation) to the
         caller, which can check several images with one synchronisation.
         """
@@ -256,7 +262,8 @@ class FeatureExtractor(nn.Module):
                 f"module with .to({x.dtype}), or run under torch.autocast for mixed precision"
             )
         if self.check_values and values:
-            check_values(x, name, self.input_range)
+            check_values(x, name, self.input_range, value_role(x, prediction=prediction),
+                         self.value_warnings)
         return x
 
     def check_pair(self, prediction: object, target: object
@@ -269,7 +276,9 @@ class FeatureExtractor(nn.Module):
         target = self.check_input(target, "target", values=False)
         check_pair(prediction, target)
         if self.check_values:
-            check_values_of(((prediction, "prediction"), (target, "target")), self.input_range)
+            check_values_of(((prediction, "prediction", value_role(prediction, prediction=True)),
+                             (target, "target", value_role(target))), self.input_range,
+                            self.value_warnings)
         return prediction, target
 
     def stream(self, x: torch.Tensor, name: str = "input", *, check: bool = True

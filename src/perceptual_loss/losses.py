@@ -26,6 +26,7 @@ from perceptual_loss._checks import (
     check_reduction,
     check_values,
     check_values_of,
+    value_role,
 )
 from perceptual_loss._chunked import run_chunks
 from perceptual_loss.execution import (
@@ -243,6 +244,7 @@ class PerceptualLoss(nn.Module):
             import_ssim()
         self._cached_target: dict[str, torch.Tensor] | None = None
         self._cached_style: dict[str, torch.Tensor] | None = None
+        self._pixel_value_warnings: set[str] = set()
 
     # ------------------------------------------------------------------ the recipe's options
     def __getattr__(self, name: str) -> Any:
@@ -297,6 +299,10 @@ class PerceptualLoss(nn.Module):
     def set_target(self, target: torch.Tensor) -> None:
         """Cache the features of a target that never changes; then call ``loss_fn(prediction)``.
 
+        While a target is cached it is the target: passing another one to the call is refused
+        (call :meth:`clear_target` first). The Keras loss follows the same rule; there
+        ``y_true``, which Keras always passes, is ignored.
+
         Args:
             target: ``(1, C, H, W)`` (shared by the batch) or ``(N, C, H, W)``.
         """
@@ -315,10 +321,18 @@ class PerceptualLoss(nn.Module):
                 setattr(self, name, {k: fn(v) for k, v in cached.items()})
         return self
 
+    def clear_target(self) -> None:
+        """Forget the target cached by :meth:`set_target`: targets are passed again."""
+        self._cached_target = None
+
+    def clear_style_target(self) -> None:
+        """Forget the Gram matrices cached by :meth:`set_style_target`."""
+        self._cached_style = None
+
     def clear_targets(self) -> None:
         """Forget targets cached by :meth:`set_target` and :meth:`set_style_target`."""
-        self._cached_target = None
-        self._cached_style = None
+        self.clear_target()
+        self.clear_style_target()
 
     # ------------------------------------------------------------------ forward
     def forward(self, prediction: torch.Tensor, target: torch.Tensor | None = None, *,
@@ -360,14 +374,23 @@ class PerceptualLoss(nn.Module):
                  for name, value in terms.items()}
         return loss, parts
 
-    def _check_image(self, x: object, name: str, *, values: bool = True) -> torch.Tensor:
+    def _check_image(self, x: object, name: str, *, values: bool = True,
+                     prediction: bool = False) -> torch.Tensor:
         """Validate one image batch by the extractor's rules when there is one."""
         if self.extractor is not None:
-            return self.extractor.check_input(x, name, values=values)
+            return self.extractor.check_input(x, name, values=values, prediction=prediction)
         x = check_image(x, name)
         if self.recipe.check_values and values:
-            check_values(x, name, self.recipe.input_range)
+            check_values(x, name, self.recipe.input_range, value_role(x, prediction=prediction),
+                         self._value_warnings)
         return x
+
+    @property
+    def _value_warnings(self) -> set[str]:
+        """Names already warned about: the extractor's set, or this loss's own without one."""
+        if self.extractor is not None:
+            return self.extractor.value_warnings
+        return self._pixel_value_warnings
 
     def _validated_target(self, prediction: torch.Tensor, target: torch.Tensor | None
                           ) -> torch.Tensor:
@@ -375,15 +398,20 @@ class PerceptualLoss(nn.Module):
 
         The values of both are checked with one device synchronisation.
         """
+        if target is not None and self._cached_target is not None:
+            raise ValueError("a target is cached with set_target(): call loss_fn(prediction) "
+                             "to compare with it, or clear_target() before passing targets")
         if target is None:
-            self._check_image(prediction, "prediction")
+            self._check_image(prediction, "prediction", prediction=True)
         else:  # shapes, dtypes and devices first: the clearest message
             check_pair(check_image(prediction, "prediction"), check_image(target, "target"))
             self._check_image(prediction, "prediction", values=False)
             self._check_image(target, "target", values=False)
             if self.recipe.check_values:
-                check_values_of(((prediction, "prediction"), (target, "target")),
-                                self.recipe.input_range)
+                check_values_of(((prediction, "prediction", value_role(prediction,
+                                                                      prediction=True)),
+                                 (target, "target", value_role(target))),
+                                self.recipe.input_range, self._value_warnings)
             return target
         if self._cached_target is None:
             raise ValueError("target is missing: pass one, or cache it with set_target()")

@@ -59,8 +59,7 @@ import torch
 from torch import nn
 
 from perceptual_loss import weights as _weights
-from perceptual_loss._checks import check_input_range, check_pair
-from perceptual_loss._checks import check_values as _check_values
+from perceptual_loss._checks import check_input_range, check_pair, check_values_of, value_role
 from perceptual_loss._weight_files import check_shapes, check_tensor_values
 from perceptual_loss.backbones.medicalnet import medicalnet_resnet10, medicalnet_resnet50
 from perceptual_loss.backbones.resnet import radimagenet_resnet50, resnet50
@@ -441,6 +440,8 @@ class MedicalPerceptualLoss(nn.Module):
         if not isinstance(check_values, bool):
             raise TypeError(f"check_values must be True or False; got {check_values!r}")
         self.check_values = check_values
+        #: Names of the images already warned about (a prediction far outside the range).
+        self._value_warnings: set[str] = set()
         self.network, self.weights_source = build_network(spec.name, weights)
         self.min_input_size = _output_stride(spec.name)
         if spec.preprocessing == "imagenet":
@@ -527,9 +528,10 @@ class MedicalPerceptualLoss(nn.Module):
                 f"inputs of spatial size {'x'.join(map(str, sides))} are too small for "
                 f"{self.network_name!r}: it needs at least {size} (its total stride); pad or "
                 "resize them")
-        if self.check_values:
-            _check_values(prediction, "prediction", self.input_range)
-            _check_values(target, "target", self.input_range)
+        if self.check_values:  # one device synchronisation for both
+            check_values_of(((prediction, "prediction", value_role(prediction, prediction=True)),
+                             (target, "target", value_role(target))), self.input_range,
+                            self._value_warnings)
 
     def extra_repr(self) -> str:
         options = [f"network={self.network_name!r}", f"weights={self.weights_source!r}",

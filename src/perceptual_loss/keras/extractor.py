@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from perceptual_loss._checks import RANGE_TOLERANCE, range_problem
+from perceptual_loss._checks import ValueRole, range_verdict, warn_once
 from perceptual_loss.extractor import FeatureExtractor as TorchFeatureExtractor
 from perceptual_loss.keras._compat import import_keras
 from perceptual_loss.keras.backbone import keras_trunk
@@ -80,6 +80,8 @@ class FeatureExtractor:
         self.resize: tuple[int, int] | None = extractor.preprocess.resize
         self.normalization: Normalization = extractor.normalization
         self.check_values = extractor.check_values
+        #: Names of the images already warned about (a prediction far outside the range).
+        self.value_warnings: set[str] = set()
         self.min_input_size: int = extractor.min_input_size
         self.weights_source: str = extractor.weights_source
         # The fused affine map of the PyTorch preprocessor, in channels-last layout, so both
@@ -94,13 +96,19 @@ class FeatureExtractor:
         """The deepest requested layer, where the backbone is cut."""
         return max(self.layers, key=self.spec.layer_names.index)
 
-    def __call__(self, images: Tensor, name: str = "input") -> dict[str, Tensor]:
-        """Check, preprocess and run ``images``; see the class docstring for shapes."""
+    def __call__(self, images: Tensor, name: str = "input", role: ValueRole = "data"
+                 ) -> dict[str, Tensor]:
+        """Check, preprocess and run ``images``; see the class docstring for shapes.
+
+        ``role`` says how values are judged (see :func:`check_range`): ``"data"``, or
+        ``"training output"`` for a model's prediction.
+        """
         images = ops.convert_to_tensor(images)
-        self.check_input(images, name)
+        self.check_input(images, name, role)
         return self.forward_preprocessed(self.preprocess(images))
 
-    def check_input(self, images: Tensor, name: str = "input") -> None:
+    def check_input(self, images: Tensor, name: str = "input", role: ValueRole = "data"
+                    ) -> None:
         """Validate rank, channel axis, size, dtype and (where possible) values of ``images``.
 
         Raises:
@@ -144,7 +152,7 @@ class FeatureExtractor:
                 "larger images, or resize=..."
             )
         if self.check_values:
-            check_range(images, name, self.input_range)
+            check_range(images, name, self.input_range, role, self.value_warnings)
 
     def preprocess(self, images: Tensor) -> Tensor:
         """Map ``(N, H, W, C)`` images in ``input_range`` to normalised ``(N', H', W', 3)``."""
@@ -203,53 +211,65 @@ def concrete_min_max(x: Tensor) -> tuple[float, float] | None:
     return low, high
 
 
-def check_range(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
-    """Check that ``x`` is finite and inside ``input_range``, eagerly or inside compiled steps.
+def check_range(x: Tensor, name: str, input_range: tuple[float, float],
+                role: ValueRole = "data", warned: set[str] | None = None) -> None:
+    """Judge the values of ``x`` by the value rule, eagerly or inside compiled steps.
 
-    The same rule and tolerance as the PyTorch side (:func:`perceptual_loss._checks.range_problem`).
-    Where ``x`` holds values (torch backend, eager TensorFlow and JAX) the check runs at once.
-    Inside a compiled step it is part of the step and fails when the step runs: on JAX a
-    ``jax.debug.callback`` raises the same ``ValueError`` (surfacing as a ``JaxRuntimeError``
-    that ends with its message); on TensorFlow a ``tf.debugging.Assert`` raises
-    ``InvalidArgumentError`` ("assertion failed: [y_pred has values outside ...]"). XLA cannot
-    raise from a compiled step (TensorFlow with ``jit_compile=True``, Keras' default on GPUs):
-    there the check is dropped with a warning at tracing time.
+    The same rule and tolerances as the PyTorch side
+    (:func:`perceptual_loss._checks.range_verdict`): ``"data"`` (``y_true``, cached targets)
+    must lie in ``input_range`` up to the overshoot of resampling; a ``"training output"``
+    (``y_pred``: Keras cannot tell a training step from evaluation inside a compiled step, so
+    the model's output is always judged as one) is checked for NaN/Inf only and warned about
+    once when it lies far outside the range. Where ``x`` holds values (torch backend, eager
+    TensorFlow and JAX) the check runs at once. Inside a compiled step it is part of the step,
+    run on the host when the step runs (``jax.debug.callback`` on JAX, ``tf.numpy_function``
+    on TensorFlow): a refused value raises the same ``ValueError`` (on JAX surfacing as a
+    ``JaxRuntimeError``, on TensorFlow as an ``UnknownError``, each ending with its message).
+    XLA cannot call the host from a compiled step (TensorFlow with ``jit_compile=True``,
+    Keras' default on GPUs): there the check is dropped with a warning at tracing time.
+
+    Args:
+        x: The images.
+        name: What they are called in messages (``"y_true"``, ``"y_pred"``).
+        input_range: The declared ``(low, high)``.
+        role: ``"data"``, ``"output"`` or ``"training output"`` (see above).
+        warned: Names already warned about, updated here (warn once per loss).
 
     Raises:
-        ValueError: NaN or Inf, or values outside the range (with the observed min and max).
+        ValueError: NaN or Inf, or values the rule refuses (with the observed min and max).
     """
+    warned = set() if warned is None else warned
     observed = concrete_min_max(x)
     if observed is not None:
-        _raise_problem(name, observed[0], observed[1], input_range)
+        _judge(name, role, observed[0], observed[1], input_range, warned)
     elif not keras.backend.is_keras_tensor(x):
-        _check_range_in_step(x, name, input_range)
+        _check_range_in_step(x, name, input_range, role, warned)
 
 
-def _fix(input_range: tuple[float, float]) -> str:
-    low, high = input_range
-    return (f"bound the model's output (a final sigmoid for (0, 1), tanh for (-1, 1)) or clip "
-            f"it (keras.ops.clip(x, {low:g}, {high:g}))")
+def _judge(name: str, role: ValueRole, low: float, high: float,
+           input_range: tuple[float, float], warned: set[str]) -> None:
+    error, warning = range_verdict(name, role, low, high, input_range)
+    if error is not None:
+        raise ValueError(error)
+    if warning is not None:
+        warn_once(warning, warned, name)
 
 
-def _raise_problem(name: str, low: float, high: float, input_range: tuple[float, float]
-                   ) -> None:
-    problem = range_problem(name, low, high, input_range, _fix(input_range))
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def _check_range_in_step(x: Tensor, name: str, input_range: tuple[float, float]) -> None:
-    """The range check as part of a compiled JAX or TensorFlow step (see :func:`check_range`)."""
+def _check_range_in_step(x: Tensor, name: str, input_range: tuple[float, float],
+                         role: ValueRole, warned: set[str]) -> None:
+    """The value check as part of a compiled JAX or TensorFlow step (see :func:`check_range`)."""
     x = ops.cast(x, "float32")
     low, high = ops.min(x), ops.max(x)
     finite = ops.all(ops.isfinite(x))
+
+    def host_check(low: Any, high: Any, finite: Any) -> Any:
+        observed_low = float(low) if bool(finite) else math.nan
+        _judge(name, role, observed_low, float(high), input_range, warned)
+        return np.bool_(True)
+
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
-
-        def host_check(low: Any, high: Any, finite: Any) -> None:
-            observed_low = float(low) if bool(finite) else math.nan
-            _raise_problem(name, observed_low, float(high), input_range)
 
         jax.debug.callback(host_check, low, high, finite)
     elif backend == "tensorflow":
@@ -257,19 +277,13 @@ def _check_range_in_step(x: Tensor, name: str, input_range: tuple[float, float])
 
         if _in_xla_context():
             warnings.warn(
-                f"check_values: the range check of {name} cannot run inside an XLA-compiled "
+                f"check_values: the value check of {name} cannot run inside an XLA-compiled "
                 "TensorFlow step (jit_compile=True, Keras' default on GPUs); compile with "
                 "jit_compile=False to keep it, or pass check_values=False to silence this.",
                 RuntimeWarning, stacklevel=4)
             return
-        start, stop = input_range
-        slack = RANGE_TOLERANCE * (stop - start)
-        inside = tf.logical_and(finite, tf.logical_and(low >= start - slack, high <= stop + slack))
-        tf.debugging.Assert(inside, [
-            f"{name} has values outside input_range=({start:g}, {stop:g}) or NaN/Inf; observed "
-            "min, max:", low, high,
-            f"Declare the range your images use (e.g. input_range=(-1, 1) or (0, 255)), "
-            f"{_fix(input_range)}, or pass check_values=False to skip this check."])
+        # A stateful host call: tf.function runs it in order even though nothing reads it.
+        tf.numpy_function(host_check, [low, high, finite], Tout=tf.bool, stateful=True)
 
 
 def _in_xla_context() -> bool:

@@ -148,6 +148,7 @@ class PerceptualLoss(keras.losses.Loss):
         self._cached_style: dict[str, Tensor] | None = None
         self._cached_target: dict[str, Tensor] | None = None
         self._target_grams: dict[str, Tensor] | None = None
+        self._value_warnings: set[str] = set()  # pixel-only losses: warn once (see check_range)
 
     def __getattr__(self, name: str) -> Any:
         recipe = self.__dict__.get("recipe")
@@ -308,7 +309,7 @@ class PerceptualLoss(keras.losses.Loss):
         grams = self._cached_style or (self._target_grams if cached is not None else None)
         terms: dict[str, Tensor] = {}
         if self.extractor is not None:
-            predicted = self.extractor(y_pred, "y_pred")
+            predicted = self.extractor(y_pred, "y_pred", "training output")
             if cached is not None:
                 target = cached
             elif recipe.target_layers(grams is not None):
@@ -322,7 +323,8 @@ class PerceptualLoss(keras.losses.Loss):
                                             grams))
         if recipe.has_pixel_terms:
             if self.extractor is None and recipe.check_values:
-                check_range(y_pred, "y_pred", recipe.input_range)
+                check_range(y_pred, "y_pred", recipe.input_range, "training output",
+                            self._value_warnings)
                 if cached is None:
                     check_range(target_image, "y_true", recipe.input_range)
             terms.update(plan.pixel_terms(recipe, y_pred, target_image, KERAS_OPS))
