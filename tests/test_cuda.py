@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from perceptual_loss import DISTS, LPIPS, FeatureExtractor, PerceptualLoss, gram_matrix
+from perceptual_loss.frozen import copy_frozen_weights
 
 pytestmark = [
     pytest.mark.cuda,
@@ -40,7 +41,7 @@ def test_lean_equals_plain_on_cuda(style):
                "style_layers": LAYERS if style else ()}
     lean = PerceptualLoss(**options, channels_last=False, chunk_size=None).cuda()
     plain = PerceptualLoss(**options, memory="plain").cuda()
-    plain.load_state_dict(lean.state_dict())
+    copy_frozen_weights(lean, plain)
     x, y = _pair()
     lean_value, lean_grad = _value_and_grad(lean, x, y)
     plain_value, plain_grad = _value_and_grad(plain, x, y)
@@ -53,7 +54,7 @@ def test_defaults_on_cuda_equal_the_exact_choice():
     torch.manual_seed(0)
     default = PerceptualLoss(layers=LAYERS, weights=None).cuda()
     exact = PerceptualLoss(layers=LAYERS, weights=None, memory="plain").cuda()
-    exact.load_state_dict(default.state_dict())
+    copy_frozen_weights(default, exact)
     x, y = _pair()
     value, grad = _value_and_grad(default, x, y)
     plain_value, plain_grad = _value_and_grad(exact, x, y)
@@ -88,7 +89,7 @@ def test_extractor_channels_last_matches_nchw():
     torch.manual_seed(0)
     nchw = FeatureExtractor(layers=LAYERS, weights=None, channels_last=False).cuda()
     nhwc = FeatureExtractor(layers=LAYERS, weights=None, channels_last=True).cuda()
-    nhwc.load_state_dict(nchw.state_dict())
+    copy_frozen_weights(nchw, nhwc)
     x, _ = _pair(n=2)
     with torch.no_grad():
         for name, (a, b) in zip(LAYERS, zip(nchw(x).values(), nhwc(x).values(), strict=True),

@@ -7,6 +7,7 @@ import torch
 
 from perceptual_loss import DISTS, LPIPS, PerceptualLoss
 from perceptual_loss.execution import choose_channels_last, choose_chunk_size
+from perceptual_loss.frozen import copy_frozen_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +68,7 @@ def test_defaults_stay_within_float32_rounding_of_the_plain_computation(style):
     torch.manual_seed(0)
     default = PerceptualLoss(**options)
     exact = PerceptualLoss(**options, memory="plain")
-    exact.load_state_dict(default.state_dict())
+    copy_frozen_weights(default, exact)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(3, 3, 28, 28, generator=gen)
     y = torch.rand(3, 3, 28, 28, generator=gen)
@@ -103,7 +104,7 @@ def test_the_per_chunk_backward_is_exact_for_any_function_of_the_loss():
                "style_layers": ("relu1_1",), "pixel_l1": 0.5, "reduction": "none"}
     chunked = PerceptualLoss(**options, chunk_size=1, channels_last=False)
     whole = PerceptualLoss(**options, chunk_size=None, channels_last=False)
-    whole.load_state_dict(chunked.state_dict())
+    copy_frozen_weights(chunked, whole)
     gen = torch.Generator().manual_seed(4)
     x, y = torch.rand(3, 3, 24, 24, generator=gen), torch.rand(3, 3, 24, 24, generator=gen)
     weights = torch.tensor([0.5, 2.0, -1.0])

@@ -15,6 +15,7 @@ from perceptual_loss import (
     perceptual_loss,
 )
 from perceptual_loss.backbones import get_backbone
+from perceptual_loss.frozen import copy_frozen_weights
 
 TINY = dict(backbone="vgg11", layers=("relu1_1", "relu2_1"), weights=None)
 
@@ -217,7 +218,7 @@ def test_declared_input_range_gives_same_value(input_range):
     base = PerceptualLoss(**TINY, pixel_mse=1.0, tv_weight=0.1)
     scaled = PerceptualLoss(extractor=FeatureExtractor(**TINY, input_range=input_range),
                             pixel_mse=1.0, tv_weight=0.1)
-    scaled.extractor.load_state_dict(base.extractor.state_dict())
+    copy_frozen_weights(base.extractor, scaled.extractor)
     torch.testing.assert_close(scaled(x * (high - low) + low, y * (high - low) + low),
                                base(x, y), rtol=1e-4, atol=1e-6)
 
@@ -394,8 +395,7 @@ def test_chunked_batch_gives_same_values_and_gradients(chunk_size):
     options = dict(**TINY, style_layers=("relu1_1",), pixel_mse=1.0, reduction="none")
     whole = PerceptualLoss(**options)
     chunked = PerceptualLoss(**options, chunk_size=chunk_size)
-    chunked.load_state_dict(whole.state_dict())
-    chunked.extractor.load_state_dict(whole.extractor.state_dict())
+    copy_frozen_weights(whole, chunked)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     a, parts_a = whole(x1, y, return_parts=True)
     b, parts_b = chunked(x2, y, return_parts=True)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from perceptual_loss import PerceptualLoss
+from perceptual_loss.frozen import copy_frozen_weights
 from perceptual_loss.tiling import core_bounds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +25,7 @@ def test_tiled_value_equals_the_whole_image(criterion):
     torch.manual_seed(0)
     whole = PerceptualLoss(**OPTIONS, criterion=criterion)
     tiled = PerceptualLoss(**OPTIONS, criterion=criterion, tile_size=96)
-    tiled.load_state_dict(whole.state_dict())
+    copy_frozen_weights(whole, tiled)
     x, y = _pair()
     assert tiled.tiler.tile_count(150, 170) > 1
     with torch.no_grad():
@@ -36,7 +37,7 @@ def test_tiled_gradients_equal_the_whole_image_and_per_channel_mode():
     options = {**OPTIONS, "channel_mode": "per_channel", "normalize_features": True}
     whole = PerceptualLoss(**options)
     tiled = PerceptualLoss(**options, tile_size=80)
-    tiled.load_state_dict(whole.state_dict())
+    copy_frozen_weights(whole, tiled)
     x, y = _pair(n=1, c=2, h=100, w=90, seed=2)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     va, vb = whole(xa, y), tiled(xb, y)

@@ -23,6 +23,7 @@ import torch
 from perceptual_loss import LPIPS, PerceptualLoss, perceptual_loss
 from perceptual_loss.apps.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from perceptual_loss.backbones import get_backbone
+from perceptual_loss.frozen import copy_frozen_weights
 from perceptual_loss.losses import _cached_loss
 from perceptual_loss.metrics import load_lpips_heads
 from perceptual_loss.weights import (
@@ -205,7 +206,7 @@ def test_double_backward_names_the_plain_path_and_the_plain_path_supports_it():
     with pytest.raises(RuntimeError, match=r"memory=\"plain\""):
         torch.autograd.grad(lean(x, y), x, create_graph=True)
     plain = PerceptualLoss(**TINY, memory="plain")
-    plain.load_state_dict(lean.state_dict())
+    copy_frozen_weights(lean, plain)
     (grad,) = torch.autograd.grad(plain(x, y), x, create_graph=True)
     grad.pow(2).sum().backward()
     assert torch.isfinite(x.grad).all()

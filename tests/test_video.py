@@ -13,6 +13,7 @@ from perceptual_loss import (
     VideoPerceptualLoss,
     temporal_lpips,
 )
+from perceptual_loss.frozen import copy_frozen_weights
 
 LAYERS = ("relu1_1", "relu2_1")
 
@@ -158,7 +159,7 @@ def test_chunked_training_step_gives_the_definitions_value_and_gradient(frames_p
     torch.manual_seed(2)
     frame_loss = PerceptualLoss("vgg11", LAYERS, weights=None, reduction="none", pixel_l1=0.5)
     plain = FeatureExtractor("vgg11", LAYERS, weights=None, memory="plain")
-    plain.load_state_dict(frame_loss.extractor.state_dict())
+    copy_frozen_weights(frame_loss.extractor, plain)
     prediction, target = _clips(n=2, frames=5, size=16)
     upstream = torch.tensor([1.0, -2.0])
 
@@ -221,7 +222,7 @@ def test_normalized_features_enter_the_temporal_term_normalized(extractor):
 
 def test_per_channel_frames(extractor):
     fx = FeatureExtractor("vgg11", LAYERS, weights=None, channel_mode="per_channel")
-    fx.load_state_dict(extractor.state_dict())
+    copy_frozen_weights(extractor, fx)
     prediction, target = _clips(n=1, frames=3, size=16, channels=2)
     loss_fn = VideoPerceptualLoss(PerceptualLoss(extractor=fx, reduction="none"), 1.0)
     channelwise = [loss_fn(prediction[:, :, c:c + 1], target[:, :, c:c + 1]) for c in range(2)]

@@ -26,6 +26,7 @@ from perceptual_loss.backbones.custom import HookedTrunk, ModuleSpec
 from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
 from perceptual_loss.execution import ChannelsLast, check_channels_last, choose_channels_last
+from perceptual_loss.frozen import keep_out_of_state_dict
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
 from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
 from perceptual_loss.weights import build_trunk
@@ -133,6 +134,8 @@ class FeatureExtractor(nn.Module):
                 f"of {self.spec.name}: it needs at least "
                 f"{self.min_input_size}x{self.min_input_size}"
             )
+        # The frozen trunk comes from its weights file, not from a user's checkpoint.
+        keep_out_of_state_dict(self, "body")
 
     def _cut_trunk(self, weights: str | os.PathLike[str] | None, progress: bool) -> str:
         """Load a registered trunk, cut it after the deepest layer; return its normalisation."""

@@ -63,6 +63,7 @@ from perceptual_loss._checks import check_input_range, check_pair, check_values_
 from perceptual_loss._weight_files import check_shapes, check_tensor_values
 from perceptual_loss.backbones.medicalnet import medicalnet_resnet10, medicalnet_resnet50
 from perceptual_loss.backbones.resnet import radimagenet_resnet50, resnet50
+from perceptual_loss.frozen import keep_out_of_state_dict
 from perceptual_loss.functional import normalize_channels
 
 __all__ = [
@@ -443,6 +444,7 @@ class MedicalPerceptualLoss(nn.Module):
         #: Names of the images already warned about (a prediction far outside the range).
         self._value_warnings: set[str] = set()
         self.network, self.weights_source = build_network(spec.name, weights)
+        keep_out_of_state_dict(self, "network")  # it comes from its weights file
         self.min_input_size = _output_stride(spec.name)
         if spec.preprocessing == "imagenet":
             mean, std = _IMAGENET_MEAN, _IMAGENET_STD

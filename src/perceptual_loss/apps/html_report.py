@@ -47,6 +47,7 @@ from perceptual_loss.apps.compare import ImageScorer, PairScore, pair_channels, 
 from perceptual_loss.apps.compare_output import format_value
 from perceptual_loss.apps.io import TransparencyWarning, load_image
 from perceptual_loss.extractor import FeatureExtractor
+from perceptual_loss.frozen import copy_frozen_weights
 from perceptual_loss.metrics import LPIPS
 
 __all__ = [
@@ -134,7 +135,7 @@ class DistanceMapper:
             net = str(config.get("lpips_net") or "alex")
             spatial = LPIPS(net, weights=None, spatial=True, reduction="none",
                             tile_size=getattr(scorer.lpips, "tile_size", None))
-            spatial.load_state_dict(scorer.lpips.state_dict())  # the scorer's very weights
+            copy_frozen_weights(scorer.lpips, spatial)  # the scorer's very weights
             self._lpips = spatial.to(self.device).eval()
             self.description = (
                 f"LPIPS ({net}) spatial map: each layer's weighted squared difference of "
