@@ -180,3 +180,72 @@ def test_bad_alpha_beta_files_are_refused(tmp_path):
     torch.save({"alpha": torch.ones(3)}, path)
     with pytest.raises(WeightsIntegrityError, match=r"expected \{'alpha', 'beta'\}"):
         load_dists_weights(path)
+
+
+# ------------------------------------------------------------------ the official protocol
+def _official_transforms():
+    """torchvision's PIL path of ``resize(image, 256)`` and ``ToTensor``, for the stub."""
+    from PIL import Image
+
+    def resize(image, size):
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_long = int(size * long / short)
+        new = (size, new_long) if width <= height else (new_long, size)
+        return image.resize(new, Image.BILINEAR)
+
+    def to_tensor():
+        return lambda image: torch.from_numpy(
+            np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+    return types.SimpleNamespace(functional=types.SimpleNamespace(resize=resize),
+                                 ToTensor=to_tensor)
+
+
+def _photo_like(height, width, seed):
+    """A smooth 8-bit RGB image (natural images are smooth; noise would test rounding)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 16, width // 16, generator=gen)
+    image = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    array = (image.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def test_the_default_is_the_official_protocol_on_images_larger_than_256(dists_pytorch,
+                                                                         tmp_path):
+    module, state = dists_pytorch
+    sys.modules["torchvision"].transforms = _official_transforms()
+    module.transforms = sys.modules["torchvision"].transforms
+    path = _trunk_file(tmp_path, seed=7)
+    state["features"] = torch.load(path, weights_only=True)
+    reference = module.DISTS()
+    ours = DISTS(weights=path)
+    ref_image, dist_image = _photo_like(288, 320, 8), _photo_like(288, 320, 9)
+    official = reference(module.prepare_image(ref_image, resize=True),
+                         module.prepare_image(dist_image, resize=True))
+    assert module.prepare_image(ref_image, resize=True).shape == (1, 3, 256, 284)
+    full = [module.prepare_image(image) for image in (ref_image, dist_image)]
+    value = ours(*full)
+    # The official script resizes 8-bit images: the difference is that rounding.
+    torch.testing.assert_close(value, official.detach().reshape(1), rtol=1e-4, atol=1e-6)
+    full_resolution = DISTS(weights=path, short_side=None)(*full)
+    torch.testing.assert_close(full_resolution, reference(*full).detach().reshape(1), rtol=1e-5,
+                               atol=1e-7)
+    gap = float((value - official.detach()).abs())
+    assert float((full_resolution - value).abs()) > 10 * gap
+
+
+def test_small_images_are_not_resized_and_the_resize_keeps_gradients():
+    metric = DISTS(weights=None)
+    x, y = _pair(n=1, size=40)
+    torch.testing.assert_close(metric(x, y), DISTS(weights=None, short_side=None)(x, y))
+    assert metric.resize(torch.rand(1, 3, 300, 600)).shape == (1, 3, 256, 512)
+    assert metric.resize(torch.rand(1, 3, 700, 257)).shape == (1, 3, 697, 256)
+    big = torch.rand(1, 3, 20, 48, requires_grad=True)
+    small = DISTS(weights=None, short_side=16, reduction="mean")
+    small(big, torch.rand(1, 3, 20, 48)).backward()
+    assert big.grad is not None and torch.isfinite(big.grad).all() and big.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"short_side must be a positive int .* or None"):
+        DISTS(weights=None, short_side=0)

@@ -14,6 +14,16 @@ all 1475 channels. The published ``alpha``/``beta`` (MIT licence, as distributed
 ``DISTS_pytorch`` package) ship in ``data/dists/``; the trunk is torchvision's VGG16 file
 through the weight registry. Given the same trunk weights the values equal ``DISTS_pytorch``'s.
 
+**Evaluation protocol.** The official evaluation script (``prepare_image(resize=True)`` in
+``DISTS_pt.py``) shrinks an image whose short side exceeds 256 px so that its short side is
+256 (bilinear, antialiased, aspect ratio kept: the long side becomes
+``int(256 * long / short)``) before scoring; published DISTS numbers are measured that way.
+:class:`DISTS` does the same by default (``short_side=256``); ``short_side=None`` scores the
+full resolution (training, or large-image use that wants every pixel seen). The resize runs
+on tensors (``F.interpolate(..., antialias=True)``, PIL's filter); the official script
+resizes 8-bit PIL images, so the two differ by that rounding (measured: 1e-5 relative on a
+smooth 288x320 image).
+
 What differs from ``DISTS_pytorch``, on purpose: the value range is declared and checked,
 grayscale images are repeated to RGB (or compared channel by channel), and the statistics are
 computed in float32 under autocast (L2 pooling squares activations, which overflows float16).
@@ -31,6 +41,7 @@ from importlib import resources
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from perceptual_loss._checks import Reduction, check_reduction
@@ -43,7 +54,7 @@ from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce
 from perceptual_loss.preprocess import ChannelMode, adapt_channels
 
-__all__ = ["DISTS", "DISTS_LAYERS", "load_dists_weights"]
+__all__ = ["DISTS", "DISTS_LAYERS", "DISTS_SHORT_SIDE", "load_dists_weights", "official_size"]
 
 #: The VGG16 layers DISTS compares after the image itself.
 DISTS_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -52,6 +63,29 @@ DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
 #: SHA-256 of the shipped alpha/beta file (the one distributed with DISTS_pytorch 0.1).
 ALPHA_BETA_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
 _STABILISER = 1e-6
+#: The official evaluation protocol's short side: larger images are shrunk to it.
+DISTS_SHORT_SIDE = 256
+
+
+def official_size(height: int, width: int, short_side: int = DISTS_SHORT_SIDE
+                  ) -> tuple[int, int]:
+    """``(height, width)`` after the official DISTS resize (unchanged if already small).
+
+    The short side becomes ``short_side`` when it exceeds it and the long side
+    ``int(short_side * long / short)``, as torchvision's ``resize(image, 256)`` in the
+    official script computes it.
+
+    Example:
+        >>> official_size(512, 768)
+        (256, 384)
+        >>> official_size(200, 900)
+        (200, 900)
+    """
+    short, long = min(height, width), max(height, width)
+    if short <= short_side:
+        return height, width
+    new_long = int(short_side * long / short)
+    return (short_side, new_long) if height <= width else (new_long, short_side)
 
 
 def load_dists_weights(path: str | os.PathLike[str] | None = None
@@ -150,9 +184,14 @@ class DISTS(nn.Module):
         alpha_beta: A file of learned weights of your own instead of the published ones.
         check_values: Check inputs for NaN/Inf and range (synchronises the device).
         memory: ``"lean"`` or ``"plain"`` (see :class:`~perceptual_loss.PerceptualLoss`).
+        short_side: The official evaluation protocol (default ``256``): images whose short
+            side exceeds it are first shrunk so that it equals it (bilinear, antialiased,
+            aspect kept; see :func:`official_size`), as the published DISTS numbers were
+            measured. ``None``: full resolution, no resize (training, or to see every pixel).
 
     Shape:
-        - prediction, target: ``(N, C, H, W)``, ``C`` in {1, 3} (any with ``"per_channel"``).
+        - prediction, target: ``(N, C, H, W)``, ``C`` in {1, 3} (any with ``"per_channel"``);
+          scored at :func:`official_size` of ``(H, W)`` unless ``short_side=None``.
         - Output: ``(N,)`` with ``reduction="none"``, else a scalar; ``0`` for identical
           images, about ``[0, 1]`` otherwise.
 
@@ -174,9 +213,15 @@ class DISTS(nn.Module):
         alpha_beta: str | os.PathLike[str] | None = None,
         check_values: bool = True,
         memory: Literal["lean", "plain"] = "lean",
+        short_side: int | None = DISTS_SHORT_SIDE,
     ) -> None:
         super().__init__()
         self.reduction: Reduction = check_reduction(reduction)
+        if short_side is not None and (isinstance(short_side, bool)
+                                       or not isinstance(short_side, int) or short_side < 1):
+            raise ValueError(f"short_side must be a positive int (256: the official protocol) "
+                             f"or None (full resolution); got {short_side!r}")
+        self.short_side = short_side
         self.extractor = FeatureExtractor(
             "vgg16", DISTS_LAYERS, weights, input_range=input_range, channel_mode=channel_mode,
             normalization="imagenet", check_values=check_values, memory=memory, pooling="l2")
@@ -206,6 +251,8 @@ class DISTS(nn.Module):
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """DISTS between ``prediction`` and ``target`` (symmetric); see the class for shapes."""
         self.extractor.check_pair(prediction, target)
+        if self.short_side is not None:
+            prediction, target = self.resize(prediction), self.resize(target)
         low, high = self.input_range
         mode = self.extractor.channel_mode
         similarity = _similarity(adapt_channels((prediction - low) / (high - low), mode),
@@ -223,7 +270,19 @@ class DISTS(nn.Module):
             distance = distance.view(prediction.shape[0], -1).mean(1)
         return reduce(distance, self.reduction)
 
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` ``(N, C, H, W)`` as the official protocol scores it (see the class)."""
+        size = official_size(image.shape[-2], image.shape[-1],
+                             self.short_side or max(image.shape[-2:]))
+        if size == tuple(image.shape[-2:]):
+            return image
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+            shrunk = F.interpolate(image.to(dtype), size=size, mode="bilinear",
+                                   align_corners=False, antialias=True)
+            return shrunk.to(image.dtype)
+
     def extra_repr(self) -> str:
         return (f"weights={self.extractor.weights_source!r}, input_range={self.input_range}, "
-                f"reduction={self.reduction!r}")
+                f"reduction={self.reduction!r}, short_side={self.short_side}")
 
