@@ -224,7 +224,8 @@ def check_range(x: Tensor, name: str, input_range: tuple[float, float],
     TensorFlow and JAX) the check runs at once. Inside a compiled step it is part of the step,
     run on the host when the step runs (``jax.debug.callback`` on JAX, ``tf.numpy_function``
     on TensorFlow): a refused value raises the same ``ValueError`` (on JAX surfacing as a
-    ``JaxRuntimeError``, on TensorFlow as an ``UnknownError``, each ending with its message).
+    ``JaxRuntimeError``, on TensorFlow as an ``InvalidArgumentError``, each ending with its
+    message).
     XLA cannot call the host from a compiled step (TensorFlow with ``jit_compile=True``,
     Keras' default on GPUs): there the check is dropped with a warning at tracing time.
 
