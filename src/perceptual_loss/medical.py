@@ -296,8 +296,8 @@ def build_network(name: str, weights: str | os.PathLike[str] | None = "pretraine
         WeightsIntegrityError: The file does not fit the network.
     """
     spec = _network(name)
-    if weights is None:
-        network, source = spec.build(), "random"
+    if weights is None:  # the same random network in every build and process
+        network, source = _weights.build_random(spec.build), "random"
     elif isinstance(weights, (str, os.PathLike)):
         path = _resolve_weights(spec, weights)
         with torch.device("meta"):  # no random initialisation: every tensor is loaded
