@@ -15,6 +15,7 @@ from torch import nn
 from perceptual_loss import weights as weights_module
 from perceptual_loss.backbones.medicalnet import medicalnet_resnet10, medicalnet_resnet50
 from perceptual_loss.backbones.resnet import RESNET50_PARAMETERS, radimagenet_resnet50, resnet50
+from perceptual_loss.frozen import copy_frozen_weights
 from perceptual_loss.medical import (
     MEDICAL_NETWORKS,
     MedicalPerceptualLoss,
@@ -148,7 +149,8 @@ def monai_perceptual():
     return pytest.importorskip("monai.losses.perceptual")
 
 
-def monai_loss(monai_perceptual, monkeypatch, ours: MedicalPerceptualLoss, **options):
+def monai_loss(monai_perceptual, monkeypatch, ours: MedicalPerceptualLoss,
+               fake_3d_ratio: float | None = None, **options):
     """MONAI's PerceptualLoss with its hub download replaced by our trunk."""
     monkeypatch.setattr(torch.hub, "load", lambda *args, **kwargs: ours.network)
     name = ours.network_name
@@ -159,8 +161,13 @@ def monai_loss(monai_perceptual, monkeypatch, ours: MedicalPerceptualLoss, **opt
             monai_name = name if name.endswith("23datasets") else f"{name}_23datasets"
             return monai_perceptual.PerceptualLoss(spatial_dims=3, network_type=monai_name,
                                                    is_fake_3d=False, **options)
-        loss = monai_perceptual.PerceptualLoss(spatial_dims=2,
-                                               network_type="radimagenet_resnet50")
+        if fake_3d_ratio is None:
+            loss = monai_perceptual.PerceptualLoss(spatial_dims=2,
+                                                   network_type="radimagenet_resnet50")
+        else:
+            loss = monai_perceptual.PerceptualLoss(spatial_dims=3, is_fake_3d=True,
+                                                   fake_3d_ratio=fake_3d_ratio,
+                                                   network_type="radimagenet_resnet50")
     if name == "resnet50":  # MONAI builds it with torchvision: swap in our trunk
         cls = monai_perceptual.TorchvisionModelPerceptualSimilarity
         function = cls.__new__(cls)
@@ -227,6 +234,58 @@ def test_monai_nan_at_a_constant_volume_is_finite_here(monai_perceptual, monkeyp
     value = ours(prediction, x)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(prediction.grad).all()
+
+
+@pytest.mark.parametrize("network", ["radimagenet_resnet50", "resnet50"])
+def test_a_2d_network_given_volumes_equals_monais_fake_3d(network, monai_perceptual,
+                                                          monkeypatch, one_thread):
+    ours = cached_loss(network)
+    x, y = pair((1, 1, 32, 33, 34), seed=7)
+    expected = monai_loss(monai_perceptual, monkeypatch, ours, fake_3d_ratio=1.0)(
+        y.clone(), x.clone())
+    torch.testing.assert_close(ours(y, x), expected, rtol=1e-5, atol=0)
+    # MONAI sums the three axes; the 2.5D VolumePerceptualLoss averages them: a third.
+    per_slice = MedicalPerceptualLoss(network, weights=None, reduction="none")
+    copy_frozen_weights(ours, per_slice)
+    volume = VolumePerceptualLoss(per_slice)
+    torch.testing.assert_close(volume(y, x) * 3, expected, rtol=1e-5, atol=0)
+
+
+def test_drawn_slices_are_monais_draws_under_the_same_seed(monai_perceptual, monkeypatch,
+                                                           one_thread):
+    ours = MedicalPerceptualLoss("radimagenet_resnet50", weights=None, fake_3d_ratio=0.5)
+    x, y = pair((2, 1, 32, 32, 33), seed=8)
+    reference = monai_loss(monai_perceptual, monkeypatch, ours, fake_3d_ratio=0.5)
+    torch.manual_seed(11)
+    expected = reference(y, x)
+    torch.manual_seed(11)
+    value = ours(y, x)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=0)
+    torch.manual_seed(12)
+    assert float((ours(y, x) - value).abs()) > 1e-6  # another seed, other slices
+    every = MedicalPerceptualLoss("radimagenet_resnet50", weights=None)(y, x)
+    assert abs(float(value / every) - 1) < 0.5  # half the slices estimate the same loss
+    seeded = MedicalPerceptualLoss("radimagenet_resnet50", weights=None, fake_3d_ratio=0.5,
+                                   generator=torch.Generator().manual_seed(11))
+    torch.manual_seed(11)
+    torch.testing.assert_close(seeded(y, x), value)  # the same draws from its own generator
+
+
+def test_fake_3d_per_volume_values_gradients_and_options(one_thread):
+    loss = MedicalPerceptualLoss("radimagenet_resnet50", weights=None, reduction="none")
+    x, y = pair((2, 1, 32, 32, 32), seed=9)
+    prediction = x.clone().requires_grad_()
+    values = loss(prediction, y)
+    assert values.shape == (2,)
+    torch.testing.assert_close(values[1:], loss(x[1:], y[1:]), rtol=1e-5, atol=0)
+    values.sum().backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"draws slices from the whole batch.*reduction='mean'"):
+        MedicalPerceptualLoss("resnet50", weights=None, fake_3d_ratio=0.5, reduction="none")
+    with pytest.raises(ValueError, match=r"fake_3d_ratio must be in \(0, 1\]"):
+        MedicalPerceptualLoss("resnet50", weights=None, fake_3d_ratio=1.5)
+    with pytest.raises(ValueError, match="is 3D and sees the whole volume"):
+        MedicalPerceptualLoss("medicalnet_resnet10", weights=None, fake_3d_ratio=0.5)
 
 
 # --------------------------------------------------------------------------- beyond MONAI
@@ -300,7 +359,8 @@ def test_bf16_autocast_close_to_float32(one_thread):
 
 
 @pytest.mark.parametrize("network,shape,match", [
-    ("radimagenet_resnet50", (1, 1, 8, 32, 32), r"\(N, C, H, W\).*VolumePerceptualLoss"),
+    ("radimagenet_resnet50", (1, 1, 8, 32, 32), "8x32x32 are too small.*at least 32x32x32"),
+    ("radimagenet_resnet50", (1, 32, 32), r"\(N, C, H, W\) or \(N, C, D, H, W\)"),
     ("medicalnet_resnet10", (1, 1, 16, 16), r"\(N, C, D, H, W\)"),
     ("radimagenet_resnet50", (1, 2, 32, 32), "1 \\(grayscale\\) or 3 \\(RGB\\) channels; got 2"),
     ("radimagenet_resnet50", (1, 3, 31, 40), "31x40 are too small.*at least 32x32"),

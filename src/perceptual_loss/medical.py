@@ -20,6 +20,17 @@ One-channel 2D inputs are repeated to three. A 3D input with ``C`` channels pass
 channel through the single-channel network; the ``C * F`` feature channels are normalised to
 unit length together and summed (``channel_wise=True`` keeps one value per input channel).
 
+**Volumes through a 2D network (MONAI's fake 3D).** A 2D network given ``(N, C, D, H, W)``
+volumes scores them as MONAI's ``PerceptualLoss(spatial_dims=3, is_fake_3d=True)`` does: the
+slices along D (``H x W`` planes), along H (``D x W``) and along W (``D x H``) pass as 2D
+batches, each axis' values are averaged over its slices, and the three axis values are
+**summed** (MONAI's sum; :class:`~perceptual_loss.volumes.VolumePerceptualLoss` averages its
+axes, a third of this). ``fake_3d_ratio=1`` (default) scores every slice; below 1,
+``max(1, int(ratio * N * S))`` of the ``N * S`` slices of each axis are drawn jointly over
+the batch with ``torch.randperm`` in the order D, H, W, from ``generator`` or torch's global
+generator, exactly MONAI's draws (under the same ``torch.manual_seed`` the same slices, so
+the same value). Those draws pool the batch, so they give one value: ``reduction="mean"``.
+
 Differences from MONAI (all where MONAI is undefined or surprising; values agree elsewhere):
 declared ``input_range`` with value checks; a z-score with ``sqrt(var + 1e-10)`` so a constant
 volume gives 0 instead of NaN; channel-wise results always ``(C,)`` (MONAI's ``squeeze`` makes
@@ -381,9 +392,14 @@ class MedicalPerceptualLoss(nn.Module):
         weight: Multiplies the value (its weight in a sum of losses); finite, ``>= 0``.
         check_values: Check inputs for NaN/Inf and the declared range (one device sync).
         eps: Feature normalisation ``f / sqrt(sum_c f^2 + eps^2)``; the default gives MONAI's.
+        fake_3d_ratio: 2D networks given volumes: the fraction of each axis' slices scored,
+            in ``(0, 1]`` (MONAI's ``fake_3d_ratio``; MONAI's default is 0.5). ``1``: every
+            slice, nothing drawn. Below 1 needs ``reduction="mean"`` (see the module).
+        generator: Draw the slices from this generator instead of torch's global one.
 
     Shape:
-        - prediction, target: ``(N, C, H, W)`` with ``C`` 1 or 3 for 2D networks;
+        - prediction, target: ``(N, C, H, W)`` with ``C`` 1 or 3 for 2D networks, or
+          ``(N, C, D, H, W)`` volumes (MONAI's fake 3D: three axes' slices, summed);
           ``(N, C, D, H, W)`` for 3D networks; every spatial side ``>= min_input_size``.
         - Output: a scalar, ``(N,)`` with ``reduction="none"``; with ``channel_wise``,
           ``(C,)`` and ``(N, C)``.
@@ -415,6 +431,8 @@ class MedicalPerceptualLoss(nn.Module):
         weight: float = 1.0,
         check_values: bool = True,
         eps: float = FEATURE_EPS,
+        fake_3d_ratio: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         spec = _network(network)
@@ -438,6 +456,22 @@ class MedicalPerceptualLoss(nn.Module):
         self.reduction: Reduction = reduction
         self.weight = _finite_number("weight", weight, minimum=0.0, strict=False)
         self.eps = _finite_number("eps", eps, minimum=0.0, strict=True)
+        self.fake_3d_ratio = _finite_number("fake_3d_ratio", fake_3d_ratio, minimum=0.0,
+                                            strict=True)
+        if self.fake_3d_ratio > 1:
+            raise ValueError(f"fake_3d_ratio must be in (0, 1]; got {fake_3d_ratio!r}")
+        if self.fake_3d_ratio < 1 and spec.spatial_dims == 3:
+            raise ValueError(f"fake_3d_ratio slices volumes for a 2D network; {network!r} is 3D "
+                             "and sees the whole volume: drop fake_3d_ratio")
+        if self.fake_3d_ratio < 1 and reduction != "mean":
+            raise ValueError(
+                f"fake_3d_ratio={fake_3d_ratio:g} draws slices from the whole batch (as MONAI), "
+                f"which gives one value, not reduction={reduction!r}: use reduction='mean', "
+                "fake_3d_ratio=1, or VolumePerceptualLoss (the same slices for every volume)")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got "
+                            f"{type(generator).__name__}")
+        self.generator = generator
         if not isinstance(check_values, bool):
             raise TypeError(f"check_values must be True or False; got {check_values!r}")
         self.check_values = check_values
@@ -466,17 +500,49 @@ class MedicalPerceptualLoss(nn.Module):
         Gradients flow to ``prediction`` only; the target passes without autograd.
         """
         self._check(prediction, target)
+        if self.spatial_dims == 2 and prediction.ndim == 5:
+            value = self._fake_3d(prediction, target)
+        else:
+            value = self._distance(prediction, target)
+        with torch.autocast(device_type=prediction.device.type, enabled=False):
+            if value.ndim == 0:  # slices drawn over the whole batch: already its mean
+                pass
+            elif self.reduction == "mean":
+                value = value.mean(0)
+            elif self.reduction == "sum":
+                value = value.sum(0)
+            return value * self.weight if self.weight != 1.0 else value
+
+    def _distance(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample distance ``(N,)`` (``(N, C)`` channel-wise) in float32."""
         channels = prediction.shape[1] if self.spatial_dims == 3 else 1
         features_a = self._features(prediction)
         with torch.no_grad():
             features_b = self._features(target)
         with torch.autocast(device_type=prediction.device.type, enabled=False):
-            value = _unit_distance(features_a, features_b, channels, self.channel_wise)
-            if self.reduction == "mean":
-                value = value.mean(0)
-            elif self.reduction == "sum":
-                value = value.sum(0)
-            return value * self.weight if self.weight != 1.0 else value
+            return _unit_distance(features_a, features_b, channels, self.channel_wise)
+
+    def _fake_3d(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MONAI's fake 3D: the sum over D, H, W of the mean over each axis' slices.
+
+        Returns ``(N,)`` with every slice, or the batch's scalar when slices are drawn.
+        """
+        total = torch.zeros((), device=prediction.device)
+        n = prediction.shape[0]
+        for axis in (2, 3, 4):
+            planes_a, planes_b = _axis_planes(prediction, axis), _axis_planes(target, axis)
+            count = planes_a.shape[0]
+            if self.fake_3d_ratio < 1:
+                # MONAI's draw: one permutation of all N * S slices, its first k kept.
+                keep = max(1, int(count * self.fake_3d_ratio))
+                chosen = torch.randperm(count, generator=self.generator)[:keep]
+                chosen = chosen.to(prediction.device)
+                planes_a = planes_a.index_select(0, chosen)
+                planes_b = planes_b.index_select(0, chosen)
+                total = total + self._distance(planes_a, planes_b).mean()
+            else:
+                total = total + self._distance(planes_a, planes_b).view(n, -1).mean(1)
+        return total
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-normalised final feature map, float32; ``(N, C * F, ...)`` in 3D."""
@@ -502,7 +568,7 @@ class MedicalPerceptualLoss(nn.Module):
 
     def _check(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         rank = self.spatial_dims + 2
-        layout = "(N, C, H, W)" if rank == 4 else "(N, C, D, H, W)"
+        layout = "(N, C, H, W) or (N, C, D, H, W)" if rank == 4 else "(N, C, D, H, W)"
         for name, x in (("prediction", prediction), ("target", target)):
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor {layout}; got "
@@ -510,10 +576,8 @@ class MedicalPerceptualLoss(nn.Module):
             if not torch.is_floating_point(x):
                 raise TypeError(f"{name} has dtype {x.dtype}; expected floating point: convert "
                                 f"it with .float() and declare input_range")
-            if x.ndim != rank:
-                hint = (" For volumes use a 3D MedicalNet network or wrap this loss in "
-                        "perceptual_loss.VolumePerceptualLoss (2.5D)." if x.ndim == 5 else
-                        " For 2D slices use 'radimagenet_resnet50' or 'resnet50'."
+            if x.ndim != rank and not (rank == 4 and x.ndim == 5):
+                hint = (" For 2D slices use 'radimagenet_resnet50' or 'resnet50'."
                         if x.ndim == 4 else "")
                 raise ValueError(f"{name} must have shape {layout} for {self.network_name!r}; "
                                  f"got {tuple(x.shape)}.{hint}")
@@ -525,7 +589,7 @@ class MedicalPerceptualLoss(nn.Module):
                              f"got {prediction.shape[1]}: select or average the channels first")
         sides = tuple(int(s) for s in prediction.shape[2:])
         if min(sides) < self.min_input_size:
-            size = "x".join([str(self.min_input_size)] * self.spatial_dims)
+            size = "x".join([str(self.min_input_size)] * len(sides))
             raise ValueError(
                 f"inputs of spatial size {'x'.join(map(str, sides))} are too small for "
                 f"{self.network_name!r}: it needs at least {size} (its total stride); pad or "
@@ -540,9 +604,21 @@ class MedicalPerceptualLoss(nn.Module):
                    f"input_range={self.input_range}", f"reduction={self.reduction!r}"]
         if self.spatial_dims == 3:
             options += [f"zscore={self.zscore!r}", f"channel_wise={self.channel_wise}"]
+        elif self.fake_3d_ratio < 1:
+            options.append(f"fake_3d_ratio={self.fake_3d_ratio:g}")
         if self.weight != 1.0:
             options.append(f"weight={self.weight:g}")
         return ", ".join(options)
+
+
+def _axis_planes(volume: torch.Tensor, axis: int) -> torch.Tensor:
+    """The slices of ``(N, C, D, H, W)`` along ``axis`` as ``(N * S, C, h, w)``, volume-major.
+
+    The order MONAI's ``batchify_axis`` gives (its draws index into it).
+    """
+    others = [d for d in (2, 3, 4) if d != axis]
+    planes = volume.permute(0, axis, 1, *others)
+    return planes.reshape(-1, volume.shape[1], *(volume.shape[d] for d in others))
 
 
 def _finite_number(name: str, value: object, *, minimum: float, strict: bool) -> float:

@@ -6,6 +6,13 @@ of prediction and target with the 2D loss, and averages:
 
     loss(x, y) = mean_{axis in axes} mean_{i in slices(axis)} loss_2d(x[axis=i], y[axis=i])
 
+**A mean, not MONAI's sum.** MONAI's ``PerceptualLoss(is_fake_3d=True)`` sums its three
+axis values, so its value is three times this one with all three axes. The mean is kept on
+purpose: the value stays on the 2D loss's scale whatever the number of axes, and an axis
+left out (``axes=``, or a thin axis skipped) does not shrink the loss by a third. For MONAI's
+value itself, give the volumes to :class:`~perceptual_loss.medical.MedicalPerceptualLoss`
+with a 2D network (its fake 3D sums as MONAI does), or multiply by ``len(axes)``.
+
 Rules a user can rely on:
 
 - **Axes.** ``axes`` chooses the slicing axes by name (``"D"``, ``"H"``, ``"W"``) or dimension
