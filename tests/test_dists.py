@@ -249,3 +249,13 @@ def test_small_images_are_not_resized_and_the_resize_keeps_gradients():
     assert big.grad is not None and torch.isfinite(big.grad).all() and big.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"short_side must be a positive int .* or None"):
         DISTS(weights=None, short_side=0)
+
+
+def test_torch_export_of_dists_gives_the_eager_value():
+    # torch.export with check_values=False after one eager call (see docs/metrics.md).
+    metric = DISTS(weights=None, check_values=False)
+    x, y = _pair(n=2, size=32, seed=10)
+    metric(x, y)
+    program = torch.export.export(metric, (x, y))
+    x2, y2 = _pair(n=2, size=32, seed=11)
+    torch.testing.assert_close(program.module()(x2, y2), metric(x2, y2), rtol=1e-5, atol=1e-7)

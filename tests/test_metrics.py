@@ -286,8 +286,12 @@ def test_errors_name_the_problem(trunk_files, tmp_path):
     metric = LPIPS("alex", weights=trunk_files["alex"])
     with pytest.raises(ValueError, match="unknown LPIPS net"):
         LPIPS("resnet", weights=None)
-    with pytest.raises(ValueError, match="0.0"):
+    with pytest.raises(ValueError, match=r"0.0.*Pass heads=<file> \(LPIPS\)"):
         LPIPS("alex", version="0.0", weights=None)
+    with pytest.raises(ValueError, match=r"got \(64,\)\. .*a 1D signal has no height"):
+        metric(torch.rand(64), torch.rand(64))
+    with pytest.raises(ValueError, match=r"unsqueeze\(0\); a batch of grayscale.*unsqueeze\(1\)"):
+        metric(torch.rand(3, 64, 64), torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="too small"):
         metric(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="same shape"):
@@ -441,3 +445,15 @@ def test_float16_features_do_not_overflow(trunk_files, tmp_path):
         value = metric(x, y)
     assert torch.isfinite(value).all()
     torch.testing.assert_close(value, metric(x, y), rtol=5e-2, atol=1e-3)
+
+
+def test_torch_export_of_lpips_gives_the_eager_value():
+    # The supported export path: torch.export (TorchScript is not supported). The range
+    # check reads tensor values, so an exported program is built with check_values=False,
+    # after one eager call (which settles the trunk's memory layout).
+    metric = LPIPS("alex", weights=None, check_values=False)
+    x, y = images(2, 64, seed=31, low=0.0, high=1.0)
+    metric(x, y)
+    program = torch.export.export(metric, (x, y))
+    x2, y2 = images(2, 64, seed=32, low=0.0, high=1.0)
+    torch.testing.assert_close(program.module()(x2, y2), metric(x2, y2), rtol=1e-5, atol=1e-7)

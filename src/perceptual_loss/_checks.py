@@ -142,8 +142,16 @@ def check_image(x: object, name: str = "input") -> torch.Tensor:
             f"{name}.float() with input_range=(0, 255)."
         )
     if x.ndim != 4:
-        hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
-        if x.ndim == 5:
+        hint = ""
+        if x.ndim == 3:
+            hint = (" One (C, H, W) image: x.unsqueeze(0); a batch of grayscale (N, H, W): "
+                    "x.unsqueeze(1).")
+        elif x.ndim == 2:
+            hint = " One grayscale (H, W) image: x[None, None]."
+        elif x.ndim <= 1:
+            hint = (" These networks compare 2D images; a 1D signal has no height and width "
+                    "(reshape it only if it really is an image, e.g. x.view(1, 1, H, W)).")
+        elif x.ndim == 5:
             hint = " For 3D volumes (N, C, D, H, W) use perceptual_loss.volumes."
         raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(x.shape)}.{hint}")
     if x.numel() == 0:

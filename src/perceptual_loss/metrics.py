@@ -125,7 +125,8 @@ def load_lpips_heads(net: str, version: str = "0.1",
             raise ValueError(
                 f"LPIPS heads version {version!r} are not shipped; available: "
                 f"{', '.join(_HEAD_VERSIONS)} (v0.0 had an input-scaling bug and is not "
-                "supported). Pass path=... for heads of your own."
+                "supported). Pass heads=<file> (LPIPS) or path=<file> (load_lpips_heads) for "
+                "heads of your own."
             )
         ref = (resources.files("perceptual_loss") / "data" / "lpips" / f"v{version}"
                / f"{spec.name}.pth")
