@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 
+#: Why a weights file is missing (:attr:`WeightsNotFoundError.reason`).
+NOT_FOUND_REASONS: tuple[str, ...] = ("absent", "offline", "download-failed", "no-such-file")
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """A weights file could not be found or downloaded; the message says where to put it.
 
@@ -32,13 +36,20 @@ class WeightsNotFoundError(FileNotFoundError):
         weights_file: The file looked for.
         url: Where it is published (``None`` for a path).
         folders: Where it was looked for.
+        reason: Why it is missing, one of :data:`NOT_FOUND_REASONS`: ``"absent"`` (in none of
+            the folders, no download tried), ``"offline"`` (downloads are turned off),
+            ``"download-failed"`` (a download was tried and failed), ``"no-such-file"`` (a
+            path or name that is neither a file nor a known name).
     """
 
     def __init__(self, message: str, *, key: str | None = None,
                  weights_file: str | None = None, url: str | None = None,
-                 folders: tuple[Path, ...] = ()) -> None:
+                 folders: tuple[Path, ...] = (), reason: str = "absent") -> None:
         super().__init__(message)
+        if reason not in NOT_FOUND_REASONS:
+            raise ValueError(f"reason must be one of {NOT_FOUND_REASONS}, got {reason!r}")
         self.key, self.weights_file, self.url, self.folders = key, weights_file, url, folders
+        self.reason = reason
 
 
 class WeightsIntegrityError(ValueError):

@@ -365,6 +365,8 @@ class Ops:
         match_batch: ``(reference, like)``: broadcast a one-image target over a batch.
         ssim: ``(prediction01, target01) -> (N,)``.
         total_variation: Images -> ``(N,)``.
+        distance_map: ``(prediction, target, criterion, eps) -> (N, 1, H, W)``: the distance
+            summed over channels at each position (``None`` where a backend has none yet).
     """
 
     distance: Callable[[Any, Any, str, float], Any]
@@ -374,6 +376,7 @@ class Ops:
     match_batch: Callable[[Any, Any], Any]
     ssim: Callable[[Any, Any], Any]
     total_variation: Callable[[Any], Any]
+    distance_map: Callable[[Any, Any, str, float], Any] | None = None
 
 
 def _per_image(values: torch.Tensor, n: int) -> torch.Tensor:
@@ -392,4 +395,5 @@ TORCH_OPS = Ops(
     distance=lambda p, t, criterion, eps: feature_distance(p, t, criterion, eps=eps),  # type: ignore[arg-type]
     gram=gram_matrix, normalize=normalize_channels, per_image=_per_image,
     match_batch=match_batch, ssim=_ssim_term, total_variation=total_variation,
+    distance_map=lambda p, t, criterion, eps: feature_distance_map(p, t, criterion, eps=eps),  # type: ignore[arg-type]
 )

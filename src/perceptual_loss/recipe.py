@@ -35,19 +35,27 @@ from perceptual_loss.backbones.custom import ModuleSpec
 from perceptual_loss.backbones.pooling import POOLINGS
 from perceptual_loss.functional import CRITERIA, Ops
 from perceptual_loss.preprocess import NORMALIZATIONS, Normalization, as_size, get_normalization
+from perceptual_loss.weights import is_random
 
 __all__ = [
     "CHANNEL_MODES",
     "CRITERIA",
     "DEFAULT_LAYERS",
     "POOLINGS",
-    "Ops",
     "RECIPE_OPTIONS",
+    "RECIPE_OPTION_NAMES",
+    "TERM_WEIGHTS",
+    "Ops",
     "Recipe",
     "RecipeOptions",
+    "block_ends",
     "check_option_names",
+    "default_layers",
+    "feature_distance_maps",
     "feature_terms",
+    "group_parts",
     "pixel_terms",
+    "term_group",
 ]
 
 #: The PyTorch article's layers: the ends of VGG16's first four blocks.
@@ -80,10 +88,6 @@ class RecipeOptions(TypedDict, total=False):
     check_values: bool
     charbonnier_eps: float
     pooling: str
-
-
-#: Names of :class:`RecipeOptions`.
-RECIPE_OPTIONS: frozenset[str] = frozenset(RecipeOptions.__annotations__)
 
 
 def check_option_names(options: Mapping[str, Any], owner: str,
@@ -318,6 +322,107 @@ class Recipe:
         return names
 
 
+#: The keyword options of :meth:`Recipe.create` beside backbone, layers and weights, in field
+#: order: the recipe's own fields, so a new field is a new option everywhere.
+RECIPE_OPTION_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(Recipe) if f.name not in ("backbone", "layers", "weights"))
+#: :data:`RECIPE_OPTION_NAMES` as a set.
+RECIPE_OPTIONS: frozenset[str] = frozenset(RECIPE_OPTION_NAMES)
+if set(RecipeOptions.__annotations__) != RECIPE_OPTIONS:  # pragma: no cover - caught by tests
+    raise TypeError(f"RecipeOptions and the Recipe fields differ: "
+                    f"{sorted(set(RecipeOptions.__annotations__) ^ RECIPE_OPTIONS)}")
+
+#: Each term group of :func:`group_parts`: the :class:`Recipe` field that weighs it, and what
+#: it measures.
+TERM_WEIGHTS: dict[str, tuple[str, str]] = {
+    "mse": ("pixel_mse", "mean squared error on pixels"),
+    "l1": ("pixel_l1", "mean absolute error on pixels"),
+    "content": ("feature_weight", "feature (content) distance on the chosen layers"),
+    "style": ("style_weight", "Gram-matrix (style) distance on the style layers"),
+    "ssim": ("ssim_weight", "1 - SSIM on pixels"),
+    "tv": ("tv_weight", "total variation of the output (smoothness)"),
+}
+
+
+def term_group(name: str) -> str:
+    """The group of a part: ``"content/relu2_2"`` -> ``"content"``, ``"pixel/mse"`` -> ``"mse"``.
+
+    Example:
+        >>> [term_group(n) for n in ("content/relu1_2", "style/relu2_2", "pixel/l1", "tv")]
+        ['content', 'style', 'l1', 'tv']
+    """
+    head, _, tail = name.partition("/")
+    return tail if head == "pixel" else head
+
+
+def group_parts(parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Sum the parts of a loss by term group (:func:`term_group`), in order of appearance.
+
+    Args:
+        parts: ``{part name: value}`` as ``return_parts=True`` gives them, e.g.
+            ``{"content/relu1_2": ..., "content/relu2_2": ..., "pixel/mse": ...}``; values are
+            numbers or tensors of one shape (scalars, or ``(N,)`` with ``reduction="none"``).
+
+    Returns:
+        ``{"content": sum of the content parts, "mse": ..., ...}``.
+
+    Example:
+        >>> group_parts({"content/relu1_2": 0.5, "content/relu2_2": 0.25, "pixel/mse": 0.1})
+        {'content': 0.75, 'mse': 0.1}
+    """
+    grouped: dict[str, Tensor] = {}
+    for name, value in parts.items():
+        key = term_group(name)
+        grouped[key] = grouped[key] + value if key in grouped else value
+    return grouped
+
+
+def block_ends(backbone: str) -> tuple[str, ...]:
+    """The last layer of every block of a registered backbone: the one before each pooling.
+
+    Args:
+        backbone: A registered backbone name.
+
+    Returns:
+        Canonical layer names, shallow to deep (the last layer when nothing pools).
+
+    Raises:
+        ValueError: An unknown backbone (the message lists the known ones).
+
+    Example:
+        >>> block_ends("vgg11")
+        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2', 'relu5_2')
+    """
+    names = get_backbone(backbone).layer_names
+    chosen = tuple(names[i - 1] for i, name in enumerate(names) if name.startswith("pool") and i)
+    return chosen or (names[-1],)
+
+
+def default_layers(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS) -> tuple[str, ...]:
+    """``preferred`` when the backbone has them all, else the ends of as many of its blocks.
+
+    VGG-16/19 have relu1_2, relu2_2, relu3_3, relu4_3; VGG-11 and VGG-13 have fewer
+    convolutions per block, so they get the last ReLU of each of their first four blocks.
+
+    Args:
+        backbone: A registered backbone name.
+        preferred: The layers to use when they all exist.
+
+    Returns:
+        Canonical layer names of ``backbone``.
+
+    Example:
+        >>> default_layers("vgg11")
+        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
+        >>> default_layers("vgg13")
+        ('relu1_2', 'relu2_2', 'relu3_2', 'relu4_2')
+    """
+    names = get_backbone(backbone).layer_names
+    if all(name in names for name in preferred):
+        return tuple(preferred)
+    return block_ends(backbone)[:len(preferred)]
+
+
 # ---------------------------------------------------------------------------- the term plan
 def feature_terms(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tensor | None]], ops: Ops,
                   n: int, cached_grams: Mapping[str, Tensor] | None = None
@@ -360,6 +465,49 @@ def feature_terms(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tensor | Non
                                        * ops.per_image(distance, n))
     names = [f"content/{k}" for k in recipe.layers] + [f"style/{k}" for k in recipe.style_layers]
     return {name: found[name] for name in names}
+
+
+def feature_distance_maps(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tensor]], ops: Ops,
+                          n: int) -> dict[str, Tensor]:
+    """Where each content term sits: per content layer, its weighted distance at each position.
+
+    The same maths as :func:`feature_terms` without the mean over positions: at each position
+    of a layer, ``feature_weight * layer weight * distance summed over channels / channels``
+    (features normalised first with ``normalize_features``; in ``per_channel`` mode the
+    image's channels averaged). The mean of a layer's map over its positions is therefore the
+    layer's content term, and a map stitched from tiles or upsampled to the image (by a
+    whole factor) keeps that mean.
+
+    Args:
+        recipe: What to compute.
+        maps: ``(layer, prediction map, target map)``; layers that are not content layers are
+            skipped.
+        ops: Backend primitives; ``ops.distance_map`` is needed.
+        n: Images in the batch (the maps hold ``n * C`` in ``per_channel`` mode).
+
+    Returns:
+        ``{"content/<layer>": (N, 1, h, w)}`` in the order of ``recipe.layers``, for the
+        content layers found in ``maps``.
+
+    Raises:
+        NotImplementedError: A backend without ``distance_map``.
+    """
+    if ops.distance_map is None:
+        raise NotImplementedError("this backend has no distance_map primitive; use torch")
+    content = dict(zip(recipe.layers, recipe.layer_weights, strict=True))
+    found: dict[str, Tensor] = {}
+    for layer, prediction, target in maps:
+        if layer not in content:
+            continue
+        p, t = prediction, ops.match_batch(target, prediction)
+        if recipe.normalize_features:
+            p, t = ops.normalize(p), ops.normalize(t)
+        density = ops.distance_map(p, t, recipe.criterion, recipe.charbonnier_eps) / p.shape[1]
+        if density.shape[0] != n:  # per_channel: the image's channels were stacked
+            density = density.reshape(n, -1, *density.shape[1:]).mean(1)
+        found[f"content/{layer}"] = recipe.feature_weight * content[layer] * density
+    return {f"content/{k}": found[f"content/{k}"] for k in recipe.layers
+            if f"content/{k}" in found}
 
 
 def pixel_terms(recipe: Recipe, prediction: Tensor, target: Tensor, ops: Ops
@@ -407,8 +555,7 @@ def _criterion(what: str, value: object) -> str:
 
 
 def _weights_value(weights: object) -> str | None:
-    if weights is None or (isinstance(weights, str) and weights.strip().lower() in
-                           ("random", "none")):
+    if is_random(weights):
         return None
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(f"weights must be a name, a registry key, a path or None; got "

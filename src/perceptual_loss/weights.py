@@ -234,16 +234,16 @@ def resolve_weight_file(spec: WeightSpec | str, *, download: bool = True,
             verify_file(candidate, spec)
             return candidate
     url = download_url(spec)
-    reason = ""
+    reason, why = "", "absent"
     if download and not _offline():
         target = _hub_checkpoints() / spec.filename
         try:
             _download(url, target, spec, progress=progress)
             return target
         except (urllib.error.URLError, OSError, TimeoutError) as err:
-            reason = f" Download failed: {err}."
+            reason, why = f" Download failed: {err}.", "download-failed"
     elif _offline():
-        reason = f" Downloads are off ({ENV_OFFLINE} is set)."
+        reason, why = f" Downloads are off ({ENV_OFFLINE} is set).", "offline"
     places = "\n".join(f"  - {folder / spec.filename}" for folder in folders)
     raise WeightsNotFoundError(
         f"weights file {spec.filename!r} for {spec.key!r} not found.{reason}\n"
@@ -251,6 +251,7 @@ def resolve_weight_file(spec: WeightSpec | str, *, download: bool = True,
         f"(or point {ENV_WEIGHTS_DIR} at a folder that holds it). "
         "For random weights, pass weights=None explicitly.",
         key=spec.key, weights_file=spec.filename, url=spec.url, folders=tuple(folders),
+        reason=why,
     )
 
 
@@ -449,7 +450,7 @@ def resolve_weights(weights: str | os.PathLike[str] | None, backbone: BackboneSp
         raise WeightsNotFoundError(
             f"weights {text!r}: no such file, and not a weights name of {backbone.name!r} "
             f"(known: {known}). Pass an existing .pth/.h5 path, a known name, or "
-            "weights=None for random weights.", weights_file=text,
+            "weights=None for random weights.", weights_file=text, reason="no-such-file",
         )
     return WeightsChoice("file", path=path)
 
