@@ -6,22 +6,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from perceptual_loss.apps.data import (
+from perceptual_loss.apps.images.degradations import (
     BicubicDownscale,
     GaussianNoise,
     PoissonNoise,
-    RestorationDataset,
+    parse_noise,
+)
+from perceptual_loss.apps.images.slices import (
     apply_window,
+    load_slices,
+    parse_window,
+    read_raw_grayscale,
+)
+from perceptual_loss.apps.train.data import (
+    RestorationDataset,
     center_crop,
     load_folder,
     load_sample_images,
-    load_slices,
     make_eval_pairs,
     modcrop,
-    parse_noise,
-    parse_window,
     random_crop,
-    read_raw_grayscale,
     split_holdout,
 )
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from perceptual_loss.apps.io import (
+from perceptual_loss.apps.images.grids import grid_shape, save_grid
+from perceptual_loss.apps.images.io import (
     TransparencyWarning,
-    grid_shape,
     list_images,
     load_image,
-    save_grid,
     save_image,
     warnings_as_lines,
 )
@@ -85,7 +84,7 @@ def _write_png16(path: Path, pixels: np.ndarray, filters: list[int]) -> None:
 
 
 @pytest.mark.parametrize("channels", [3, 4])
-@pytest.mark.filterwarnings("ignore::perceptual_loss.apps.io.TransparencyWarning")
+@pytest.mark.filterwarnings("ignore::perceptual_loss.apps.images.io.TransparencyWarning")
 def test_load_16bit_color_png_keeps_precision(tmp_path, channels):
     pixels = np.random.default_rng(1).integers(0, 65536, size=(5, 4, channels), dtype=np.uint16)
     _write_png16(tmp_path / "c16.png", pixels, filters=[0, 1, 2, 3, 4])

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptual_loss.apps.models import (
+from perceptual_loss.apps.train.models import (
     MODEL_NAMES,
     SuperResolutionNet,
     TransformerNet,

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import perceptual_loss
 from perceptual_loss.cli import LAZY_SUBCOMMANDS, LazyGroup, cli, main
-from perceptual_loss.cli._common import (
-    PerceptualCommand,
+from perceptual_loss.cli.errors import PerceptualCommand
+from perceptual_loss.cli.options import (
     device_option,
     parse_name_list,
     parse_weights,
@@ -180,7 +180,7 @@ def test_help_imports_no_subcommand_module():
         from perceptual_loss.cli import cli
         cli.main(["--help"], standalone_mode=False)
         loaded = [m for m in sys.modules if m.startswith("perceptual_loss.cli.")
-                  and m != "perceptual_loss.cli._common"]
+                  and m != "perceptual_loss.cli.errors"]
         print("LOADED", loaded)
         """
     )

@@ -10,14 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from perceptual_loss.apps.compare import (
-    ImageScorer,
-    compare_folders,
-    match_folders,
-    parse_metrics,
-    psnr_from_mse,
-    summarize,
-)
+from perceptual_loss.apps.compare.folders import compare_folders, match_folders
+from perceptual_loss.apps.compare.results import summarize
+from perceptual_loss.apps.compare.scorer import ImageScorer, parse_metrics
+from perceptual_loss.apps.images.quality import psnr_from_mse
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.cli import cli
 
@@ -241,7 +237,7 @@ def test_helpers():
 
 
 def test_summarize_averages_finite_psnr():
-    from perceptual_loss.apps.compare import PairScore
+    from perceptual_loss.apps.compare.results import PairScore
 
     scores = [
         PairScore("a", "a", "a", 1, 1, {"mse": 0.0, "psnr": math.inf}),
@@ -314,8 +310,8 @@ def _write_clips(folder, frames=5, size=(32, 36)):
 
 
 def test_compare_videos_gives_tlp_from_pairwise_lpips_of_the_frames(tmp_path):
-    from perceptual_loss.apps.compare import compare_videos
-    from perceptual_loss.apps.io import load_image
+    from perceptual_loss.apps.compare.video import compare_videos
+    from perceptual_loss.apps.images.io import load_image
 
     _write_clips(tmp_path, frames=5)
     torch.manual_seed(0)

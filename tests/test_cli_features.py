@@ -5,11 +5,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from perceptual_loss.apps.visualize import (
+from perceptual_loss.apps.features import (
     DEFAULT_FEATURE_LAYERS,
     channel_grid,
     colorize,
-    default_feature_layers,
     extract_feature_maps,
     fit_image,
     normalize_maps,
@@ -17,6 +16,7 @@ from perceptual_loss.apps.visualize import (
 )
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.cli import cli
+from perceptual_loss.recipe import block_ends
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -168,11 +168,11 @@ def test_features_user_errors(tmp_path, monkeypatch, args, message):
 
 
 def test_default_layers_follow_the_backbone():
-    assert default_feature_layers("vgg16") == DEFAULT_FEATURE_LAYERS
-    assert default_feature_layers("vgg11") == ("relu1_1", "relu2_1", "relu3_2", "relu4_2",
+    assert block_ends("vgg16") == DEFAULT_FEATURE_LAYERS
+    assert block_ends("vgg11") == ("relu1_1", "relu2_1", "relu3_2", "relu4_2",
                                                "relu5_2")
     with pytest.raises(ValueError, match="unknown backbone"):
-        default_feature_layers("resnet")
+        block_ends("resnet")
 
 
 def test_help_prints_one_example_per_line():

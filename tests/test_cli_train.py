@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from perceptual_loss.apps.io import load_image, save_image
-from perceptual_loss.apps.training import load_checkpoint
+from perceptual_loss.apps.images.io import load_image, save_image
+from perceptual_loss.apps.train.checkpoints import load_checkpoint
 from perceptual_loss.cli import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import perceptual_loss
-from perceptual_loss.apps.compare import ImageScorer, compare_folders
+from perceptual_loss.apps.compare.folders import compare_folders
+from perceptual_loss.apps.compare.scorer import ImageScorer
 from perceptual_loss.backbones import get_backbone
 from processes import run_group
 

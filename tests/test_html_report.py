@@ -14,14 +14,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from perceptual_loss.apps.compare import ImageScorer, PairScore, compare_folders
-from perceptual_loss.apps.html_report import (
-    DistanceMapper,
-    sort_metric,
-    worst_first,
-    write_html_report,
-)
+from perceptual_loss.apps.compare.folders import compare_folders
+from perceptual_loss.apps.compare.heatmap import DistanceMapper, perceptual_distance_map
+from perceptual_loss.apps.compare.page import sort_metric, worst_first, write_html_report
+from perceptual_loss.apps.compare.results import PairScore
+from perceptual_loss.apps.compare.scorer import ImageScorer
 from perceptual_loss.cli import cli
+from perceptual_loss.losses import PerceptualLoss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,6 +98,37 @@ def test_distance_map_averages_to_the_score(metrics, criterion, kind):
     tolerance = 2e-2 if kind == "lpips" else 1e-4  # alexnet's strides do not tile 64x48
     assert float(distance.mean()) == pytest.approx(float(values[expected][0]), rel=tolerance)
     assert float(mapper(image_a, image_a).max()) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("criterion", ["charbonnier", "mse"])
+def test_heat_map_of_weighted_normalised_charbonnier_averages_to_the_pairs_value(criterion):
+    torch.manual_seed(0)
+    scorer = ImageScorer(["perceptual"], weights=None, layers=["relu1_2", "relu2_2"])
+    # the page draws the map with the scorer's own loss, whatever its settings
+    scorer.perceptual = PerceptualLoss(
+        weights=None, layers=("relu1_2", "relu2_2", "relu3_3"), layer_weights=(0.5, 3.0, 1.5),
+        criterion=criterion, normalize_features=True, charbonnier_eps=0.05, feature_weight=2.0,
+        pixel_mse=0.7, reduction="none")
+    image_a = torch.rand(3, 32, 40)
+    image_b = (image_a + 0.1 * torch.randn_like(image_a)).clamp(0, 1)
+    value = scorer.perceptual(image_b[None], image_a[None])
+    mapper = DistanceMapper(scorer)
+    distance = mapper(image_a, image_b)
+    assert mapper.kind == "perceptual" and criterion in mapper.description
+    assert distance.shape == (32, 40) and float(distance.min()) >= 0
+    assert float(distance.mean()) == pytest.approx(float(value[0]), rel=1e-4)
+    # an unweighted L1 map (what the page drew before) is far from this pair's value
+    plain = perceptual_distance_map(PerceptualLoss(weights=None, layers=("relu1_2", "relu2_2",
+                                                                         "relu3_3")),
+                                    image_b[None], image_a[None])
+    assert float(plain.mean()) != pytest.approx(float(value[0]), rel=0.1)
+
+
+def test_heat_map_refuses_terms_without_a_per_pixel_form():
+    loss = PerceptualLoss(weights=None, layers=("relu1_2",), style_layers=("relu1_2",))
+    image = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="style, SSIM and TV terms have no per-pixel map"):
+        perceptual_distance_map(loss, image, image)
 
 
 def test_report_is_self_contained_and_ordered_worst_first(tmp_path):

@@ -7,20 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from perceptual_loss import PerceptualLoss
-from perceptual_loss.apps.data import GaussianNoise, RestorationDataset, make_eval_pairs
-from perceptual_loss.apps.models import UNet
-from perceptual_loss.apps.training import (
-    CHECKPOINT_NAME,
-    LossConfig,
-    TrainConfig,
-    build_loss,
-    fit,
-    load_checkpoint,
-    parse_loss_spec,
-    psnr,
-    ssim,
-    train_restoration,
-)
+from perceptual_loss.apps.images.degradations import GaussianNoise
+from perceptual_loss.apps.images.quality import psnr, ssim
+from perceptual_loss.apps.train.checkpoints import CHECKPOINT_NAME, load_checkpoint
+from perceptual_loss.apps.train.data import RestorationDataset, make_eval_pairs
+from perceptual_loss.apps.train.loop import TrainConfig, fit
+from perceptual_loss.apps.train.loss_mix import LossConfig, build_loss, parse_loss_spec
+from perceptual_loss.apps.train.models import UNet
+from perceptual_loss.apps.train.restoration import train_restoration
 from processes import run_group
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,7 +179,7 @@ def test_train_restoration_grayscale(tmp_path):
 def test_ddp_two_cpu_processes(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    from perceptual_loss.apps.io import save_image
+    from perceptual_loss.apps.images.io import save_image
 
     for index, image in enumerate(_images(3, size=32)):
         save_image(image, data / f"img{index}.png")

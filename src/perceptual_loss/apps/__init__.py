@@ -1,14 +1,19 @@
-"""Applications built on the perceptual loss: what users train with it.
+"""Applications built on the perceptual loss: what users run with it.
 
-Submodules (imported on demand, so that ``import perceptual_loss`` stays light):
+Rooms (imported on demand, so that ``import perceptual_loss`` stays light); each module
+exports what it defines, and callers import a name from the module where it lives:
 
-- :mod:`perceptual_loss.apps.models`: U-Net, Johnson et al. transformer network,
-  pixel-shuffle super-resolution network.
-- :mod:`perceptual_loss.apps.data`: image folders, scikit-image samples, random crops,
-  degradations (Gaussian/Poisson noise, bicubic downscale), 16-bit CT/MRI windowing.
-- :mod:`perceptual_loss.apps.training`: the training loop (loss mix, progress, checkpoints
-  with resume, sample grids, loss curve, held-out report, DDP via ``torchrun``).
-- :mod:`perceptual_loss.apps.style`: fast style transfer training and Gatys optimisation.
+- :mod:`perceptual_loss.apps.images`: reading and writing images (``io``, ``png16``),
+  picture grids (``grids``), CT/MRI slices (``slices``), PSNR/SSIM (``quality``), and what
+  makes a picture worse (``degradations``: noise, bicubic downscale, blur, shift).
+- :mod:`perceptual_loss.apps.train`: the training loop (``loop``), its tasks
+  (``restoration``, ``style``), the loss mix (``loss_mix``), data (``data``), networks
+  (``models``), checkpoints and reports.
+- :mod:`perceptual_loss.apps.compare`: scoring pairs (``scorer``), folders and clips
+  (``folders``, ``video``), results files (``results``), and the HTML page (``page``,
+  ``heatmap``, ``plot``).
+- :mod:`perceptual_loss.apps.runtime`: distributed set-up, progress bars, CPU threads.
+- :mod:`perceptual_loss.apps.features`: feature maps as pictures.
 - :mod:`perceptual_loss.apps.demo`: the ``perceptual demo`` walkthrough.
 
 These need the ``cli`` extra (``pip install "perceptual-loss[cli]"``) for progress bars,

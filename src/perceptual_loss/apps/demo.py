@@ -19,7 +19,6 @@ much weaker perceptual signal.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +28,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from perceptual_loss.apps.data import GaussianNoise, center_crop, load_sample_images
-from perceptual_loss.apps.io import load_image, save_grid
-from perceptual_loss.apps.models import UNet
-from perceptual_loss.apps.training import LossConfig, TrainConfig, train_restoration
-from perceptual_loss.apps.visualize import distortion_figure
+from perceptual_loss.apps.images.degradations import GaussianNoise, distort
+from perceptual_loss.apps.images.grids import save_grid
+from perceptual_loss.apps.images.io import load_image
+from perceptual_loss.apps.runtime import cpu_threads
+from perceptual_loss.apps.train.data import center_crop, load_sample_images
+from perceptual_loss.apps.train.loop import TrainConfig
+from perceptual_loss.apps.train.loss_mix import LossConfig
+from perceptual_loss.apps.train.models import UNet
+from perceptual_loss.apps.train.restoration import train_restoration
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.losses import PerceptualLoss
 from perceptual_loss.weights import WeightsNotFoundError, resolve_weight_file, resolve_weights
@@ -42,9 +45,7 @@ __all__ = [
     "DISTORTIONS",
     "DemoConfig",
     "DemoResult",
-    "cpu_threads",
-    "distort",
-    "gaussian_blur",
+    "distortion_figure",
     "resolve_demo_weights",
     "run_demo",
     "shift_study",
@@ -156,67 +157,6 @@ def resolve_demo_weights(
         return None, str(error)
     return weights, None
 
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding (kernel radius ``ceil(3 sigma)``).
-
-    Args:
-        images: ``(N, C, H, W)``.
-        sigma: Standard deviation in pixels, ``> 0``.
-
-    Returns:
-        Blurred ``(N, C, H, W)``.
-    """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    blurred = F.conv2d(padded, horizontal, groups=channels)
-    return F.conv2d(blurred, vertical, groups=channels)
-
-
-def distort(
-    picture: torch.Tensor, top: int, left: int, size: int, kind: str, amount: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Cut the ``size`` crop at ``(top, left)`` of ``picture`` with one distortion.
-
-    A shift cuts the crop ``amount`` pixels further right (the same scene seen from a
-    camera moved by that much; no wrap-around), blur and noise change the crop itself.
-
-    Args:
-        picture: ``(C, H, W)`` in ``[0, 1]`` with room for the crop plus the shift.
-        top: Row of the crop.
-        left: Column of the crop.
-        size: Side of the crop.
-        kind: ``"shift"``, ``"blur"`` or ``"noise"``.
-        amount: Pixels, blur sigma, or noise sigma.
-        generator: Source of the noise.
-
-    Returns:
-        ``(C, size, size)`` in ``[0, 1]``.
-    """
-    if kind == "shift":
-        start = left + int(amount)
-        return picture[:, top : top + size, start : start + size]
-    crop = picture[:, top : top + size, left : left + size]
-    if kind == "blur":
-        # Blur the surroundings too, so the crop's border is blurred like its inside.
-        pad = max(1, math.ceil(3 * amount))
-        y0, x0 = max(0, top - pad), max(0, left - pad)
-        region = picture[:, y0 : top + size + pad, x0 : left + size + pad].unsqueeze(0)
-        blurred = gaussian_blur(region, amount).squeeze(0)
-        return blurred[:, top - y0 : top - y0 + size, left - x0 : left - x0 + size]
-    if kind == "noise":
-        noise = torch.randn(crop.shape, generator=generator, dtype=crop.dtype)
-        return (crop + amount * noise).clamp(0.0, 1.0)
-    raise ValueError(f"unknown distortion {kind!r}; expected shift, blur or noise")
 
 
 def shift_study(
@@ -385,63 +325,6 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines
 
 
-def _busy_cores(seconds: float = 1.0) -> float | None:
-    """How many cores other processes keep busy now (``/proc/stat`` over ``seconds``)."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as handle:
-            values = [int(v) for v in handle.readline().split()[1:9]]
-        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
-
-    try:
-        total_0, idle_0 = sample()
-        time.sleep(seconds)
-        total_1, idle_1 = sample()
-        with open("/proc/stat", encoding="ascii") as handle:
-            cpus = sum(1 for line in handle if line.startswith("cpu") and line[3].isdigit())
-    except (OSError, ValueError, IndexError):  # not Linux
-        return None
-    if total_1 <= total_0:
-        return None
-    return cpus * (1.0 - (idle_1 - idle_0) / (total_1 - total_0))
-
-
-def cpu_threads(requested: int | None = None) -> tuple[int, str]:
-    """How many threads torch should use on the CPU, and why.
-
-    Torch starts one thread per core, and its threads wait for each other at every operation.
-    When another process takes a core, the thread sharing it falls behind and the rest wait:
-    on 2 cores the demo took 38 s alone with 2 threads, but 390 s with 2 threads and 78 s
-    with 1 beside other busy processes, which can start at any time. So, unless a number is
-    asked for, one core is left to the rest of the machine, and the cores busy right now
-    (measured over one second; the 1-minute load average where that cannot be read) are
-    left too: ``max(1, min(cores - 1, round(cores - busy)))``.
-
-    Args:
-        requested: A number of threads, or ``None`` to choose from the idle cores.
-
-    Returns:
-        ``(threads, reason)``, the reason for the terminal.
-    """
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"threads must be >= 1, got {requested}")
-        return requested, f"{requested} asked for, {cores} cores"
-    busy, what = _busy_cores(), "busy now"
-    if busy is None:
-        try:
-            busy, what = os.getloadavg()[0], "load average"
-        except (AttributeError, OSError):  # neither: keep torch's choice
-            return min(torch.get_num_threads(), cores), f"{cores} cores"
-    threads = max(1, min(cores - 1, math.floor(cores - busy + 0.5)))
-    return threads, f"{cores} cores, one left free, {busy:.1f} {what}; --threads to choose"
-
-
 def run_demo(config: DemoConfig, echo: Callable[[str], None] = print,
              warn: Callable[[str], None] | None = None) -> DemoResult:
     """Run both parts of the demo and write pictures and ``report.md`` to ``out_dir``.
@@ -595,3 +478,76 @@ def _run_demo(config: DemoConfig, echo: Callable[[str], None],
     }, indent=2) + "\n")
     echo(f"done in {elapsed:.0f} s: {report}")
     return DemoResult(weights, reason, table, claim_holds, denoise_means, report)
+
+
+def distortion_figure(
+    examples: dict[str, torch.Tensor],
+    table: dict[str, dict[str, float]],
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    note: str | None = None,
+) -> None:
+    """The demo's picture: one picture's distorted crops with their own scores, mean bars.
+
+    Args:
+        examples: ``"original"`` and each distortion label -> ``(3, H, W)`` crop in
+            ``[0, 1]``, all of the picture named by ``rows[0]["image"]``.
+        table: Distortion label -> mean ``"mse / blur 1"`` and ``"perceptual / blur 1"``
+            over the pictures.
+        rows: One dict per picture and distortion: ``image``, ``distortion``, ``mse``,
+            ``perceptual`` (the captions use the shown picture's own rows).
+        path: Output PNG.
+        note: A warning across the top (e.g. random weights), or ``None``.
+
+    Raises:
+        ImportError: Without matplotlib.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(table)
+    shown = rows[0]["image"] if rows else ""
+    own = {row["distortion"]: row for row in rows if row["image"] == shown}
+    pictures = sorted({row["image"] for row in rows}, key=[r["image"] for r in rows].index)
+    figure = plt.figure(figsize=(14, 5.9 if note else 5.5), dpi=100)
+    try:
+        top = 0.87 if note else 0.93
+        grid = figure.add_gridspec(2, len(labels) + 1, height_ratios=[1.0, 1.15], top=top,
+                                   bottom=0.08, left=0.05, right=0.99, hspace=0.3)
+        for column, label in enumerate(["original", *labels]):
+            axis = figure.add_subplot(grid[0, column])
+            axis.imshow(examples[label].permute(1, 2, 0).clamp(0, 1).numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            title = f"{shown}: {label}" if label == "original" else label
+            if label in own:
+                title += (f"\nMSE {own[label]['mse']:.2g}"
+                          f"\nperc. {own[label]['perceptual']:.2g}")
+            axis.set_title(title, fontsize=8)
+            if column == 0:
+                axis.set_ylabel(f"{shown} crop:\nits own scores", fontsize=9)
+        bars = figure.add_subplot(grid[1, :])
+        positions = range(len(labels))
+        width = 0.38
+        bars.bar([p - width / 2 for p in positions],
+                 [table[label]["mse / blur 1"] for label in labels], width, label="MSE")
+        bars.bar([p + width / 2 for p in positions],
+                 [table[label]["perceptual / blur 1"] for label in labels], width,
+                 label="perceptual loss")
+        bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+        bars.set_xticks(list(positions))
+        bars.set_xticklabels(labels, fontsize=9)
+        bars.set_ylabel("mean score / mean score\nof blur sigma 1")
+        bars.set_title(f"Means over the {len(pictures)} sample pictures ({', '.join(pictures)}),"
+                       " relative to a sigma-1 blur (lower = punished less)", fontsize=10)
+        bars.legend()
+        if note:
+            figure.text(0.5, 0.985, note, ha="center", va="top", fontsize=11,
+                        color="#8e1b1b", wrap=True,
+                        bbox={"boxstyle": "round", "facecolor": "#fde8e8",
+                              "edgecolor": "#c62828"})
+        figure.savefig(path)
+    finally:
+        plt.close(figure)

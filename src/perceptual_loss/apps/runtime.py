@@ -1,4 +1,6 @@
-"""Process plumbing shared by the apps: distributed set-up, rank-aware output, progress bars.
+"""Process plumbing shared by the apps: distributed set-up, progress bars, CPU threads.
+
+:func:`cpu_threads` says how many threads torch should use beside the machine's other work.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) a process joins the group with gloo on CPU or NCCL on
 GPU, with a timeout on every collective so that no rank waits forever for a dead or stuck
@@ -8,8 +10,10 @@ peer; only rank 0 prints and writes. Without ``torchrun`` everything is a single
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +26,7 @@ __all__ = [
     "DistributedContext",
     "NoProgress",
     "advance",
+    "cpu_threads",
     "progress_bar",
     "setup_distributed",
     "worker_init",
@@ -176,3 +181,67 @@ def progress_bar(total: int, *, enabled: bool = True, description: str = "", uni
         return NoProgress()
     return tqdm(total=total, initial=initial, desc=description, unit=unit, file=sys.stderr,
                 dynamic_ncols=True, leave=leave)
+
+
+def _read_proc_stat() -> str:
+    with open("/proc/stat", encoding="ascii") as handle:
+        return handle.read()
+
+
+def _busy_cores(seconds: float = 1.0, read_stat: Callable[[], str] = _read_proc_stat
+                ) -> float | None:
+    """How many cores other processes keep busy now (``/proc/stat`` over ``seconds``).
+
+    ``cores * (1 - idle share)`` between two readings of the ``cpu`` line (idle + iowait
+    jiffies over all jiffies); ``None`` where it cannot be read (not Linux) or no time passed.
+    """
+    def sample() -> tuple[int, int, int]:
+        lines = read_stat().splitlines()
+        values = [int(v) for v in lines[0].split()[1:9]]
+        cpus = sum(1 for line in lines if line.startswith("cpu") and line[3].isdigit())
+        return sum(values), values[3] + values[4], cpus  # all jiffies, idle + iowait
+
+    try:
+        total_0, idle_0, _ = sample()
+        time.sleep(seconds)
+        total_1, idle_1, cpus = sample()
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None
+    if total_1 <= total_0:
+        return None
+    return cpus * (1.0 - (idle_1 - idle_0) / (total_1 - total_0))
+
+
+def cpu_threads(requested: int | None = None) -> tuple[int, str]:
+    """How many threads torch should use on the CPU, and why.
+
+    Torch starts one thread per core, and its threads wait for each other at every operation.
+    When another process takes a core, the thread sharing it falls behind and the rest wait:
+    on 2 cores the demo took 38 s alone with 2 threads, but 390 s with 2 threads and 78 s
+    with 1 beside other busy processes, which can start at any time. So, unless a number is
+    asked for, one core is left to the rest of the machine, and the cores busy right now
+    (measured over one second; the 1-minute load average where that cannot be read) are
+    left too: ``max(1, min(cores - 1, round(cores - busy)))``.
+
+    Args:
+        requested: A number of threads, or ``None`` to choose from the idle cores.
+
+    Returns:
+        ``(threads, reason)``, the reason for the terminal.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be >= 1, got {requested}")
+        return requested, f"{requested} asked for, {cores} cores"
+    busy, what = _busy_cores(), "busy now"
+    if busy is None:
+        try:
+            busy, what = os.getloadavg()[0], "load average"
+        except (AttributeError, OSError):  # neither: keep torch's choice
+            return min(torch.get_num_threads(), cores), f"{cores} cores"
+    threads = max(1, min(cores - 1, math.floor(cores - busy + 0.5)))
+    return threads, f"{cores} cores, one left free, {busy:.1f} {what}; --threads to choose"

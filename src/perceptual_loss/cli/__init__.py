@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from perceptual_loss.cli._common import PerceptualGroup
+from perceptual_loss.cli.errors import PerceptualGroup
 
 __all__ = ["LAZY_SUBCOMMANDS", "LazyGroup", "cli", "main"]
 

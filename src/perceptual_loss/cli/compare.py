@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from perceptual_loss.cli._common import (
-    PerceptualCommand,
+from perceptual_loss.cli.errors import PerceptualCommand
+from perceptual_loss.cli.options import (
     backbone_option,
     device_option,
     layers_option,
@@ -21,7 +21,7 @@ from perceptual_loss.cli._common import (
 if TYPE_CHECKING:
     import torch
 
-    from perceptual_loss.apps.compare import PairScore
+    from perceptual_loss.apps.compare.results import PairScore
 
 __all__ = ["compare"]
 
@@ -31,8 +31,7 @@ def _print_table(scores: list[PairScore], value_names: list[str], folder_mode: b
     from rich.console import Console
     from rich.table import Table
 
-    from perceptual_loss.apps.compare import summarize
-    from perceptual_loss.apps.compare_output import format_value
+    from perceptual_loss.apps.compare.results import format_value, summarize
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     headers = {"psnr": "psnr (dB)", "tlp": "tLP"}
@@ -69,7 +68,7 @@ def _file_option(flag: str, name: str, what: str) -> Any:
 
 def _existing(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     """A path that exists, or a numbered sequence (``clip/%04d.png``) for --video."""
-    from perceptual_loss.apps.compare import is_sequence_pattern
+    from perceptual_loss.apps.compare.video import is_sequence_pattern
 
     if value.exists() or (is_sequence_pattern(value) and value.parent.is_dir()):
         return value
@@ -193,15 +192,10 @@ def compare(
     """  # noqa: D301 (\b must stay click's no-rewrap mark)
     import torch
 
-    from perceptual_loss.apps.compare import (
-        ImageScorer,
-        compare_folders,
-        compare_images,
-        parse_metrics,
-        write_csv,
-        write_json,
-    )
-    from perceptual_loss.apps.io import warnings_as_lines
+    from perceptual_loss.apps.compare.folders import compare_folders, compare_images
+    from perceptual_loss.apps.compare.results import write_csv, write_json
+    from perceptual_loss.apps.compare.scorer import ImageScorer, parse_metrics
+    from perceptual_loss.apps.images.io import warnings_as_lines
 
     if video:
         _compare_videos(path_a, path_b, chosen_names=metrics, backbone=backbone, layers=layers,
@@ -299,7 +293,7 @@ def compare(
             write_csv(csv_path, scores)
     html_index = None
     if html_dir is not None:
-        from perceptual_loss.apps.html_report import write_html_report
+        from perceptual_loss.apps.compare.page import write_html_report
 
         html_index = write_html_report(
             html_dir, scores, scorer, config, only_in_a=only_a, only_in_b=only_b,
@@ -338,14 +332,10 @@ def _compare_videos(path_a: Path, path_b: Path, *, chosen_names: tuple[str, ...]
                     tile_size: int | None, json_path: Path | None, csv_path: Path | None,
                     html_path: Path | None, batch_size: int, progress: bool) -> None:
     """``perceptual compare A B --video``: every frame's metrics and the clips' tLP."""
-    from perceptual_loss.apps.compare import (
-        ImageScorer,
-        compare_videos,
-        parse_metrics,
-        write_csv,
-        write_json,
-    )
-    from perceptual_loss.apps.io import warnings_as_lines
+    from perceptual_loss.apps.compare.results import write_csv, write_json
+    from perceptual_loss.apps.compare.scorer import ImageScorer, parse_metrics
+    from perceptual_loss.apps.compare.video import compare_videos
+    from perceptual_loss.apps.images.io import warnings_as_lines
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.UsageError("--video runs in one process; launch it without torchrun")
@@ -381,7 +371,7 @@ def _compare_videos(path_a: Path, path_b: Path, *, chosen_names: tuple[str, ...]
         lambda path: write_csv(path, result.scores))
     html_index = None
     if html_path is not None:
-        from perceptual_loss.apps.html_report import write_html_report
+        from perceptual_loss.apps.compare.page import write_html_report
 
         html_index = write_html_report(html_path, result.scores, scorer, config,
                                        only_in_a=result.only_in_a, only_in_b=result.only_in_b,

@@ -7,12 +7,8 @@ from typing import Any
 
 import click
 
-from perceptual_loss.cli._common import (
-    PerceptualCommand,
-    backbone_option,
-    device_option,
-    weights_option,
-)
+from perceptual_loss.cli.errors import PerceptualCommand
+from perceptual_loss.cli.options import backbone_option, device_option, weights_option
 
 __all__ = ["demo"]
 

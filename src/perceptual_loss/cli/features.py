@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from perceptual_loss.cli._common import (
-    PerceptualCommand,
+from perceptual_loss.cli.errors import PerceptualCommand
+from perceptual_loss.cli.options import (
     backbone_option,
     device_option,
     layers_option,
@@ -73,15 +73,15 @@ def features(
       perceptual features photo.jpg
       perceptual features ct.png --gray --layers relu1_2,relu3_3 --colormap magma -o ct_maps
     """  # noqa: D301 (\b must stay click's no-rewrap mark)
-    from perceptual_loss.apps.io import load_image, warnings_as_lines
-    from perceptual_loss.apps.visualize import (
+    from perceptual_loss.apps.features import (
         RANDOM_WEIGHTS_NOTE,
         check_colormap,
-        default_feature_layers,
         extract_feature_maps,
         fit_image,
         save_feature_figures,
     )
+    from perceptual_loss.apps.images.io import load_image, warnings_as_lines
+    from perceptual_loss.recipe import block_ends
 
     check_colormap(colormap)
     if weights is None:
@@ -95,7 +95,7 @@ def features(
     maps = extract_feature_maps(
         image,
         backbone=backbone,
-        layers=layers or default_feature_layers(backbone),
+        layers=layers or block_ends(backbone),
         weights=weights,
         device=device,
     )

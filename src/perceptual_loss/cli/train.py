@@ -16,12 +16,10 @@ from typing import Any
 
 import click
 
-from perceptual_loss.cli._common import (
-    PerceptualCommand,
-    PerceptualGroup,
+from perceptual_loss.cli.errors import PerceptualCommand, PerceptualGroup, fail
+from perceptual_loss.cli.options import (
     backbone_option,
     device_option,
-    fail,
     parse_name_list,
     weights_option,
 )
@@ -98,7 +96,7 @@ def _common_training_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _style_terms(spec: str, command: str) -> dict[str, float]:
     """The loss mix of a style command: only perceptual, style and tv terms."""
-    from perceptual_loss.apps.training import parse_loss_spec
+    from perceptual_loss.apps.train.loss_mix import parse_loss_spec
 
     terms = parse_loss_spec(spec)
     extra = sorted(set(terms) - {"perceptual", "style", "tv"})
@@ -125,7 +123,7 @@ def _network_options(crop: tuple[int, int, str], width: tuple[int, str],
 
 
 def _train_config(**kwargs: Any) -> Any:
-    from perceptual_loss.apps.training import TrainConfig
+    from perceptual_loss.apps.train.loop import TrainConfig
 
     return TrainConfig(
         out_dir=kwargs["out"], steps=kwargs["steps"], batch_size=kwargs["batch_size"],
@@ -144,18 +142,18 @@ def _load_images(
     window: tuple[float, float] | None = None,
 ) -> tuple[list, list, list[str], dict[str, Any]]:
     """Training images, held-out images and their names, and what to record about them."""
-    from perceptual_loss.apps.data import (
+    from perceptual_loss.apps.images.slices import load_slices
+    from perceptual_loss.apps.train.data import (
         SAMPLE_IMAGES_GRAY,
         SAMPLE_IMAGES_RGB,
         load_folder,
         load_sample_images,
-        load_slices,
         split_holdout,
     )
 
     info: dict[str, Any] = {"mode": mode}
     if mode == "medical":
-        from perceptual_loss.apps.io import list_images
+        from perceptual_loss.apps.images.io import list_images
 
         if data is None:
             raise ValueError(
@@ -192,7 +190,7 @@ def _load_images(
 
 def _loss_config(loss: str, layers: str | None, style_layers: str | None, backbone: str,
                  weights: Any) -> Any:
-    from perceptual_loss.apps.training import LossConfig, parse_loss_spec
+    from perceptual_loss.apps.train.loss_mix import LossConfig, parse_loss_spec
 
     return LossConfig(
         terms=parse_loss_spec(loss),
@@ -250,9 +248,10 @@ def denoise(**kwargs: Any) -> None:
     """Train a U-Net denoiser on Gaussian or Poisson noise (also CT/MRI slices)."""
     import torch
 
-    from perceptual_loss.apps.data import parse_noise, parse_window
-    from perceptual_loss.apps.models import UNet
-    from perceptual_loss.apps.training import train_restoration
+    from perceptual_loss.apps.images.degradations import parse_noise
+    from perceptual_loss.apps.images.slices import parse_window
+    from perceptual_loss.apps.train.models import UNet
+    from perceptual_loss.apps.train.restoration import train_restoration
 
     noise = parse_noise(kwargs["noise"])
     window = parse_window(kwargs["window"]) if kwargs["window"] else None
@@ -295,9 +294,9 @@ def sr(**kwargs: Any) -> None:
     """Train an x2/x4 pixel-shuffle super-resolution network (bicubic degradation)."""
     import torch
 
-    from perceptual_loss.apps.data import BicubicDownscale
-    from perceptual_loss.apps.models import SuperResolutionNet
-    from perceptual_loss.apps.training import train_restoration
+    from perceptual_loss.apps.images.degradations import BicubicDownscale
+    from perceptual_loss.apps.train.models import SuperResolutionNet
+    from perceptual_loss.apps.train.restoration import train_restoration
 
     scale = int(kwargs["scale"])
     if kwargs["crop_size"] % scale:
@@ -342,8 +341,8 @@ def sr(**kwargs: Any) -> None:
                   blocks=(5, "Residual blocks of the transformer network."))
 def style(**kwargs: Any) -> None:
     """Train a fast style-transfer network (Johnson et al. 2016) for one style picture."""
-    from perceptual_loss.apps.io import load_image
-    from perceptual_loss.apps.style import train_style
+    from perceptual_loss.apps.images.io import load_image
+    from perceptual_loss.apps.train.style import train_style
     terms = _style_terms(kwargs["loss"], "train style")
     if not kwargs["style_path"].is_file():
         raise click.BadParameter(f"file not found: {kwargs['style_path']}", param_hint="--style")
@@ -381,9 +380,9 @@ def stylize(checkpoint: Path, images: tuple[Path, ...], out: Path, max_size: int
 
     CHECKPOINT is the checkpoint.pt (or the --out folder) of the training run.
     """
-    from perceptual_loss.apps.io import list_images, load_image, save_image
-    from perceptual_loss.apps.style import load_style_model
-    from perceptual_loss.apps.style import stylize as apply_style
+    from perceptual_loss.apps.images.io import list_images, load_image, save_image
+    from perceptual_loss.apps.train.style import load_style_model
+    from perceptual_loss.apps.train.style import stylize as apply_style
 
     files: list[Path] = []
     for item in images:
@@ -433,9 +432,9 @@ def stylize(checkpoint: Path, images: tuple[Path, ...], out: Path, max_size: int
 @device_option
 def style_optimize(content: Path, style_path: Path, out: Path, **kwargs: Any) -> None:
     """Gatys et al. style transfer: optimise the pixels of CONTENT towards STYLE."""
-    from perceptual_loss.apps.io import load_image, save_image
-    from perceptual_loss.apps.style import optimize_image, resize_longest
-    from perceptual_loss.apps.training import plot_loss_curve
+    from perceptual_loss.apps.images.io import load_image, save_image
+    from perceptual_loss.apps.train.reports import plot_loss_curve
+    from perceptual_loss.apps.train.style import optimize_image, resize_longest
 
     terms = _style_terms(kwargs["loss"], "style-optimize")
     for name, path in (("CONTENT", content), ("STYLE", style_path)):

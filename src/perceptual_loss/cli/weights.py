@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from perceptual_loss.cli._common import PerceptualCommand, PerceptualGroup, fail
+from perceptual_loss.cli.errors import PerceptualCommand, PerceptualGroup, fail
 
 if TYPE_CHECKING:
     from perceptual_loss.weights import WeightSpec

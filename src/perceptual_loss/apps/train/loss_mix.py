@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from perceptual_loss.backbones import get_backbone
 from perceptual_loss.losses import PerceptualLoss
 from perceptual_loss.medical import MEDICAL_NETWORKS, MedicalPerceptualLoss
-from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
+from perceptual_loss.recipe import TERM_WEIGHTS, Recipe, default_layers
 from perceptual_loss.weights import WeightsNotFoundError, is_random
 
 __all__ = [
@@ -28,20 +26,18 @@ __all__ = [
     "LossConfig",
     "MedicalMix",
     "build_loss",
-    "default_layers_for",
     "loss_recipe",
     "parse_loss_spec",
     "perceptual_distance_module",
 ]
 
-#: Names accepted in a loss spec, and what each weighs.
+#: The spec's name of the content term; every other spec name is a term group of the recipe.
+CONTENT_TERM = "perceptual"
+#: Names accepted in a loss spec, and what each weighs: the recipe's term groups
+#: (:data:`~perceptual_loss.recipe.TERM_WEIGHTS`), the content term named ``perceptual``.
 LOSS_TERMS: dict[str, str] = {
-    "mse": "mean squared error on pixels",
-    "l1": "mean absolute error on pixels",
-    "perceptual": "feature (content) distance on the chosen layers",
-    "style": "Gram-matrix (style) distance on the style layers",
-    "ssim": "1 - SSIM on pixels",
-    "tv": "total variation of the output (smoothness)",
+    CONTENT_TERM if group == "content" else group: description
+    for group, (_, description) in TERM_WEIGHTS.items()
 }
 #: Layers whose Gram matrices carry the style (Johnson et al. 2016).
 DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
@@ -121,7 +117,7 @@ class LossConfig:
     @property
     def needs_backbone(self) -> bool:
         """Whether a term needs CNN features (``perceptual`` or ``style`` > 0)."""
-        return self.terms.get("perceptual", 0.0) > 0 or self.terms.get("style", 0.0) > 0
+        return self.terms.get(CONTENT_TERM, 0.0) > 0 or self.terms.get("style", 0.0) > 0
 
     def describe(self) -> str:
         """Human-readable summary, e.g. ``mse=1, perceptual=0.1 (vgg16, random weights)``."""
@@ -132,33 +128,9 @@ class LossConfig:
         return f"{mix} ({self.backbone}, {weights})"
 
 
-def default_layers_for(backbone: str, preferred: Sequence[str] = DEFAULT_LAYERS) -> tuple[str, ...]:
-    """``preferred`` layers if the backbone has them all, else the last ReLU of blocks 1-4.
-
-    VGG-16/19 have relu1_2, relu2_2, relu3_3, relu4_3; VGG-11 and VGG-13 have fewer
-    convolutions per block, so they get their own last ReLU of each block instead.
-
-    Args:
-        backbone: Backbone name.
-        preferred: Layers to use when they all exist.
-
-    Returns:
-        Canonical layer names of ``backbone``.
-
-    Example:
-        >>> default_layers_for("vgg11")
-        ('relu1_1', 'relu2_1', 'relu3_2', 'relu4_2')
-    """
-    if backbone in MEDICAL_NETWORKS:
-        return ()
-    names = get_backbone(backbone).layer_names
-    if all(name in names for name in preferred):
-        return tuple(preferred)
-    last_relu: dict[str, str] = {}
-    for name in names:
-        if name.startswith("relu"):
-            last_relu[name[4:].split("_")[0]] = name
-    return tuple(last_relu[block] for block in ("1", "2", "3", "4") if block in last_relu)
+def _content_layers(config: LossConfig) -> tuple[str, ...]:
+    """The ``perceptual`` term's layers: as given, else the library's default for the backbone."""
+    return tuple(config.layers) if config.layers else default_layers(config.backbone)
 
 
 def loss_recipe(config: LossConfig) -> Recipe:
@@ -167,24 +139,23 @@ def loss_recipe(config: LossConfig) -> Recipe:
     Raises:
         ValueError: For unknown layers or backbones (from the library).
     """
-    terms = config.terms
-    content = terms.get("perceptual", 0.0)
-    style = terms.get("style", 0.0)
+    content = config.terms.get(CONTENT_TERM, 0.0) > 0
+    style = config.terms.get("style", 0.0) > 0
     return Recipe.create(
         config.backbone,
-        layers=(tuple(config.layers) if config.layers else default_layers_for(config.backbone))
-        if content > 0 else (),
+        layers=_content_layers(config) if content else (),
         weights=None if is_random(config.weights) else os.fspath(config.weights),
-        feature_weight=content if content > 0 else 1.0,
-        style_layers=tuple(config.style_layers or default_layers_for(config.backbone,
-                                                                     DEFAULT_STYLE_LAYERS))
-        if style > 0 else (),
-        style_weight=style if style > 0 else 1.0,
-        pixel_mse=terms.get("mse", 0.0),
-        pixel_l1=terms.get("l1", 0.0),
-        ssim_weight=terms.get("ssim", 0.0),
-        tv_weight=terms.get("tv", 0.0),
+        style_layers=tuple(config.style_layers
+                           or default_layers(config.backbone, DEFAULT_STYLE_LAYERS))
+        if style else (),
+        **_recipe_weights(config),
     )
+
+
+def _recipe_weights(config: LossConfig) -> dict[str, float]:
+    """The spec's positive weights as the recipe's fields (``perceptual`` weighs content)."""
+    return {TERM_WEIGHTS["content" if name == CONTENT_TERM else name][0]: weight
+            for name, weight in config.terms.items() if weight > 0}
 
 
 class MedicalMix(nn.Module):
@@ -252,22 +223,22 @@ def _medical_mix(config: LossConfig) -> MedicalMix:
     if config.terms.get("style", 0.0) > 0 or config.layers:
         raise ValueError(f"{config.backbone} compares its final feature map (as MONAI does): "
                          "no --layers and no style term with it")
-    weights = None if is_random(config.weights) else (
-        "pretrained" if config.weights == "imagenet" else os.fspath(config.weights))
-    medical = MedicalPerceptualLoss(config.backbone, weights=weights, reduction="none")
-    pixel_terms = {k: config.terms.get(k, 0.0) for k in ("mse", "l1", "ssim", "tv")}
+    medical = MedicalPerceptualLoss(config.backbone, weights=_medical_weights(config.weights),
+                                    reduction="none")
+    image_terms = {name: weight for name, weight in _recipe_weights(config).items()
+                   if name not in (TERM_WEIGHTS["content"][0], TERM_WEIGHTS["style"][0])}
     pixels = None
-    if any(pixel_terms.values()):
-        pixels = PerceptualLoss.from_recipe(Recipe.create(
-            layers=(), weights=None, pixel_mse=pixel_terms["mse"], pixel_l1=pixel_terms["l1"],
-            ssim_weight=pixel_terms["ssim"], tv_weight=pixel_terms["tv"]))
-    return MedicalMix(pixels, medical, config.terms.get("perceptual", 0.0))
+    if image_terms:
+        pixels = PerceptualLoss.from_recipe(Recipe.create(layers=(), weights=None, **image_terms))
+    return MedicalMix(pixels, medical, config.terms.get(CONTENT_TERM, 0.0))
 
 
 def perceptual_distance_module(
     backbone: str, weights: str | Path | None
 ) -> tuple[nn.Module | None, str | None]:
-    """The perceptual distance used in reports: L1 on :func:`default_layers_for` layers.
+    """The perceptual distance used in reports: L1 on the backbone's default layers.
+
+    The layers are :func:`perceptual_loss.recipe.default_layers` of the backbone:
 
     relu1_2, relu2_2, relu3_3, relu4_3 (the library defaults) on VGG-16/19.
 
@@ -285,12 +256,21 @@ def perceptual_distance_module(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             if backbone in MEDICAL_NETWORKS:
-                weights = None if is_random(weights) else (
-                    "pretrained" if weights == "imagenet" else weights)
-                return MedicalPerceptualLoss(backbone, weights=weights), None
-            return PerceptualLoss(backbone, default_layers_for(backbone), weights), None
+                return MedicalPerceptualLoss(backbone, weights=_medical_weights(weights)), None
+            return PerceptualLoss(backbone, default_layers(backbone), weights), None
     except WeightsNotFoundError as error:
         return None, _missing_weights_note(error)
+
+
+def _medical_weights(weights: str | os.PathLike[str] | None) -> str | None:
+    """A medical network's weights: the command line's default ``imagenet`` is its own file.
+
+    ``MedicalPerceptualLoss`` calls a network's published file ``"pretrained"``
+    (RadImageNet's for ``radimagenet_resnet50``), so the training default stands for it.
+    """
+    if is_random(weights):
+        return None
+    return "pretrained" if weights == "imagenet" else os.fspath(weights)  # type: ignore[arg-type]
 
 
 def _missing_weights_note(error: WeightsNotFoundError) -> str:

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceptual_loss.apps.image_metrics import psnr, ssim
-from perceptual_loss.apps.io import save_grid, save_image
+from perceptual_loss.apps.images.grids import save_grid
+from perceptual_loss.apps.images.io import save_image
+from perceptual_loss.apps.images.quality import psnr, ssim
 
 __all__ = [
     "COLUMNS",

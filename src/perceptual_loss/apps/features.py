@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from perceptual_loss.apps.io import grid_shape, save_grid
-from perceptual_loss.backbones import get_backbone
+from perceptual_loss.apps.images.grids import grid_shape, save_grid
 from perceptual_loss.extractor import FeatureExtractor
 
 __all__ = [
@@ -29,8 +28,6 @@ __all__ = [
     "channel_grid",
     "check_colormap",
     "colorize",
-    "default_feature_layers",
-    "distortion_figure",
     "extract_feature_maps",
     "fit_image",
     "normalize_maps",
@@ -46,22 +43,9 @@ RANDOM_WEIGHTS_NOTE = (
     "respond to, not learned features (use --weights imagenet)"
 )
 
-#: Layers shown by default: one per block of VGG16, shallow to deep.
+#: Layers shown by default: one per block of VGG16, shallow to deep
+#: (:func:`perceptual_loss.recipe.block_ends` gives them for any backbone).
 DEFAULT_FEATURE_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-
-
-def default_feature_layers(backbone: str) -> tuple[str, ...]:
-    """The last layer of every block of ``backbone`` (the one just before each pooling).
-
-    For VGG16 that is :data:`DEFAULT_FEATURE_LAYERS`; for VGG11 ``relu1_1, relu2_1, relu3_2,
-    relu4_2, relu5_2``.
-
-    Raises:
-        ValueError: For an unknown backbone (the message lists the known ones).
-    """
-    names = get_backbone(backbone).layer_names
-    chosen = tuple(names[i - 1] for i, name in enumerate(names) if name.startswith("pool") and i)
-    return chosen or (names[-1],)
 
 
 def fit_image(image: torch.Tensor, max_size: int | None) -> torch.Tensor:
@@ -308,76 +292,3 @@ def save_feature_figures(
         labels.append(f"{layer} ({channels}x{height}x{width})")
     written.append(save_grid(rows, out_dir / "overview.png", row_labels=labels, note=note))
     return written
-
-
-def distortion_figure(
-    examples: dict[str, torch.Tensor],
-    table: dict[str, dict[str, float]],
-    rows: Sequence[dict[str, Any]],
-    path: Path,
-    note: str | None = None,
-) -> None:
-    """The demo's picture: one picture's distorted crops with their own scores, mean bars.
-
-    Args:
-        examples: ``"original"`` and each distortion label -> ``(3, H, W)`` crop in
-            ``[0, 1]``, all of the picture named by ``rows[0]["image"]``.
-        table: Distortion label -> mean ``"mse / blur 1"`` and ``"perceptual / blur 1"``
-            over the pictures.
-        rows: One dict per picture and distortion: ``image``, ``distortion``, ``mse``,
-            ``perceptual`` (the captions use the shown picture's own rows).
-        path: Output PNG.
-        note: A warning across the top (e.g. random weights), or ``None``.
-
-    Raises:
-        ImportError: Without matplotlib.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = list(table)
-    shown = rows[0]["image"] if rows else ""
-    own = {row["distortion"]: row for row in rows if row["image"] == shown}
-    pictures = sorted({row["image"] for row in rows}, key=[r["image"] for r in rows].index)
-    figure = plt.figure(figsize=(14, 5.9 if note else 5.5), dpi=100)
-    try:
-        top = 0.87 if note else 0.93
-        grid = figure.add_gridspec(2, len(labels) + 1, height_ratios=[1.0, 1.15], top=top,
-                                   bottom=0.08, left=0.05, right=0.99, hspace=0.3)
-        for column, label in enumerate(["original", *labels]):
-            axis = figure.add_subplot(grid[0, column])
-            axis.imshow(examples[label].permute(1, 2, 0).clamp(0, 1).numpy())
-            axis.set_xticks([])
-            axis.set_yticks([])
-            title = f"{shown}: {label}" if label == "original" else label
-            if label in own:
-                title += (f"\nMSE {own[label]['mse']:.2g}"
-                          f"\nperc. {own[label]['perceptual']:.2g}")
-            axis.set_title(title, fontsize=8)
-            if column == 0:
-                axis.set_ylabel(f"{shown} crop:\nits own scores", fontsize=9)
-        bars = figure.add_subplot(grid[1, :])
-        positions = range(len(labels))
-        width = 0.38
-        bars.bar([p - width / 2 for p in positions],
-                 [table[label]["mse / blur 1"] for label in labels], width, label="MSE")
-        bars.bar([p + width / 2 for p in positions],
-                 [table[label]["perceptual / blur 1"] for label in labels], width,
-                 label="perceptual loss")
-        bars.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
-        bars.set_xticks(list(positions))
-        bars.set_xticklabels(labels, fontsize=9)
-        bars.set_ylabel("mean score / mean score\nof blur sigma 1")
-        bars.set_title(f"Means over the {len(pictures)} sample pictures ({', '.join(pictures)}),"
-                       " relative to a sigma-1 blur (lower = punished less)", fontsize=10)
-        bars.legend()
-        if note:
-            figure.text(0.5, 0.985, note, ha="center", va="top", fontsize=11,
-                        color="#8e1b1b", wrap=True,
-                        bbox={"boxstyle": "round", "facecolor": "#fde8e8",
-                              "edgecolor": "#c62828"})
-        figure.savefig(path)
-    finally:
-        plt.close(figure)

@@ -12,15 +12,9 @@ random. For two clips (``perceptual compare A B --video``) the frames stay in fr
 a plot shows, frame by frame, the distance of each frame pair and tLP's term with the two
 LPIPS changes it compares.
 
-The heat map is, per pixel:
-
-- with ``lpips`` among the metrics: the LPIPS spatial map (``LPIPS(net, spatial=True)``), whose
-  mean over the picture is close to the pair's LPIPS value;
-- else, with ``perceptual``: for each layer of the perceptual distance, the channel mean of
-  ``|f(a) - f(b)|`` (its square for ``criterion="mse"``) upsampled bilinearly to the image
-  size, summed over the layers; its mean is the pair's perceptual distance (exactly so when
-  the image sides are multiples of the deepest layer's stride);
-- else: the squared pixel difference averaged over channels (its mean is the MSE).
+The heat map is drawn by :class:`~perceptual_loss.apps.compare.heatmap.DistanceMapper` with
+the networks that scored the pair; the per-frame plot by
+:func:`~perceptual_loss.apps.compare.plot.frame_plot`.
 
 All heat maps of a page share one colour scale (0 to the largest value shown), so a brighter
 map is a larger distance on any card.
@@ -33,35 +27,37 @@ import html
 import math
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from perceptual_loss import __version__
-from perceptual_loss.apps.compare import ImageScorer, PairScore, pair_channels, summarize
-from perceptual_loss.apps.compare_output import format_value
-from perceptual_loss.apps.io import TransparencyWarning, load_image
-from perceptual_loss.extractor import FeatureExtractor
-from perceptual_loss.frozen import copy_frozen_weights
-from perceptual_loss.metrics import LPIPS
+from perceptual_loss.apps.compare.heatmap import (
+    HEATMAP_COLORMAP,
+    DistanceMapper,
+    colorbar,
+    colormap_of,
+    display_size,
+    heatmap_picture,
+    shrink_map,
+)
+from perceptual_loss.apps.compare.plot import frame_plot
+from perceptual_loss.apps.compare.results import PairScore, format_value, metric_label, summarize
+from perceptual_loss.apps.compare.scorer import ImageScorer, pair_channels
+from perceptual_loss.apps.images.io import TransparencyWarning, load_image
+from perceptual_loss.apps.runtime import progress_bar
 
 __all__ = [
-    "DistanceMapper",
-    "HEATMAP_COLORMAP",
     "THUMB_SIZE",
-    "frame_plot",
     "sort_metric",
     "worst_first",
     "write_html_report",
 ]
 
-#: Matplotlib colour map of the heat maps.
-HEATMAP_COLORMAP = "inferno"
 #: Longer side of the pictures on the page, in pixels.
 THUMB_SIZE = 300
 #: The colour scale ends at the largest of the pairs' maps' upper percentiles (a few
@@ -70,7 +66,7 @@ SCALE_PERCENTILE = 99.5
 #: Values where larger means more alike (the others: larger means more different).
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
 _ASSETS = "assets"
-_TEMPLATE = Path(__file__).resolve().parent.parent / "data" / "report" / "compare.html"
+_TEMPLATE = Path(__file__).resolve().parents[2] / "data" / "report" / "compare.html"
 
 
 def sort_metric(value_names: Sequence[str]) -> str | None:
@@ -110,150 +106,19 @@ def worst_first(scores: Sequence[PairScore], metric: str | None) -> list[PairSco
     return sorted(scores, key=key)
 
 
-class DistanceMapper:
-    """Maps of where two images differ, from the networks of an :class:`ImageScorer`.
-
-    The maps use the scorer's own networks (or copies of their weights), so with random
-    weights the map shows the same untrained network that gave the scores.
-
-    Args:
-        scorer: The scorer that produced the scores.
-
-    Attributes:
-        kind: ``"lpips"``, ``"perceptual"`` or ``"pixel"`` (see the module docstring).
-        description: One sentence for the page saying what the map shows.
-    """
-
-    def __init__(self, scorer: ImageScorer) -> None:
-        self.device = scorer.device
-        self._lpips: torch.nn.Module | None = None
-        self._extractor: torch.nn.Module | None = None
-        self._layers: tuple[str, ...] = ()
-        config = scorer.config
-        if scorer.lpips is not None:
-            self.kind = "lpips"
-            net = str(config.get("lpips_net") or "alex")
-            spatial = LPIPS(net, weights=None, spatial=True, reduction="none",
-                            tile_size=getattr(scorer.lpips, "tile_size", None))
-            copy_frozen_weights(scorer.lpips, spatial)  # the scorer's very weights
-            self._lpips = spatial.to(self.device).eval()
-            self.description = (
-                f"LPIPS ({net}) spatial map: each layer's weighted squared difference of "
-                "unit-length features, upsampled to the image and summed; its mean over the "
-                "picture is close to the pair's lpips value."
-            )
-        elif scorer.perceptual is not None:
-            self.kind = "perceptual"
-            self._layers = tuple(scorer.layers)
-            self._square = config.get("criterion") == "mse"
-            self._extractor = self._perceptual_extractor(scorer)
-            difference = "(f(a) - f(b))^2" if self._square else "|f(a) - f(b)|"
-            self.description = (
-                f"Perceptual distance map: for each layer ({', '.join(self._layers)}) the "
-                f"channel mean of {difference}, upsampled bilinearly to the image and summed "
-                "over the layers; its mean over the picture is (close to) the pair's "
-                "perceptual value."
-            )
-        else:
-            self.kind = "pixel"
-            self.description = (
-                "Squared pixel difference averaged over the channels (no perceptual metric "
-                "was chosen); its mean over the picture is the pair's mse."
-            )
-
-    def _perceptual_extractor(self, scorer: ImageScorer) -> torch.nn.Module:
-        """The perceptual loss's own extractor, or a FeatureExtractor with its weights."""
-        own = getattr(scorer.perceptual, "extractor", None)
-        if isinstance(own, FeatureExtractor):
-            return own
-        config = scorer.config  # pragma: no cover - only if the loss stops exposing it
-        weights = None if config.get("weights") == "random" else config.get("weights")
-        return FeatureExtractor(  # pragma: no cover
-            str(config.get("backbone")), layers=self._layers, weights=weights,
-            resize=config.get("resize"),
-        ).to(self.device)
-
-    @torch.no_grad()
-    def __call__(self, image_a: torch.Tensor, image_b: torch.Tensor) -> torch.Tensor:
-        """The distance map of one pair.
-
-        Args:
-            image_a: Reference ``(C, H, W)``, ``C`` in {1, 3}, values in ``[0, 1]``.
-            image_b: Judged image, same height and width.
-
-        Returns:
-            ``(H, W)`` float32 tensor on the CPU, values ``>= 0``.
-        """
-        image_a, image_b = pair_channels(image_a, image_b)
-        a = image_a[None].to(self.device, torch.float32)
-        b = image_b[None].to(self.device, torch.float32)
-        height, width = a.shape[-2:]
-        if self._lpips is not None:
-            result = self._lpips(b, a)
-            return result[0, 0].float().cpu().clamp_min(0.0)
-        if self._extractor is not None:
-            features_a, features_b = self._extractor(a), self._extractor(b)
-            total = torch.zeros(1, 1, height, width, device=a.device)
-            for layer in self._layers:
-                difference = features_a[layer].float() - features_b[layer].float()
-                per_pixel = difference.square() if self._square else difference.abs()
-                total += F.interpolate(per_pixel.mean(dim=1, keepdim=True), size=(height, width),
-                                       mode="bilinear", align_corners=False)
-            return total[0, 0].cpu().clamp_min(0.0)
-        return (a - b).double().square().mean(dim=1)[0].float().cpu()
-
-
 # --------------------------------------------------------------------------------------------
 # pictures
 # --------------------------------------------------------------------------------------------
-def _display_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Shrink to ``size`` on the longer side; grow small images by a whole factor only."""
-    longest = max(height, width)
-    scale = size / longest if longest > size else float(max(1, size // longest))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def _thumbnail(image: torch.Tensor, size: int) -> Image.Image:
     """A picture whose longer side is ``size``: antialiased when shrunk, nearest when grown."""
     array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    height, width = _display_size(*image.shape[-2:], size)
+    height, width = display_size(*image.shape[-2:], size)
     if (height, width) == tuple(image.shape[-2:]):
         return picture
     grow = height > image.shape[-2]
     return picture.resize((width, height),
                           Image.Resampling.NEAREST if grow else Image.Resampling.LANCZOS)
-
-
-def _shrink_map(distance: torch.Tensor, size: int) -> np.ndarray:
-    """A distance map at display size: area mean when shrunk, nearest when grown."""
-    height, width = _display_size(*distance.shape[-2:], size)
-    grow = height > distance.shape[-2]
-    resized = F.interpolate(distance[None, None].float(), size=(height, width),
-                            mode="nearest" if grow else "area")
-    return resized[0, 0].numpy()
-
-
-def _colormap(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    try:
-        from matplotlib import colormaps
-    except ImportError as error:
-        raise ImportError(
-            "the HTML report's heat maps need matplotlib: pip install 'perceptual-loss[cli]'"
-        ) from error
-    if name not in colormaps:
-        raise ValueError(f"unknown colormap {name!r}; try inferno, magma or viridis")
-    return colormaps[name]
-
-
-def _heatmap_picture(values: np.ndarray, scale: float, colormap: str) -> Image.Image:
-    rgba = _colormap(colormap)(np.clip(values / scale, 0.0, 1.0))
-    return Image.fromarray(np.round(rgba[..., :3] * 255).astype(np.uint8))
-
-
-def _colorbar(colormap: str, width: int = 256, height: int = 14) -> Image.Image:
-    ramp = np.tile(np.linspace(0.0, 1.0, width), (height, 1))
-    return _heatmap_picture(ramp, 1.0, colormap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,11 +130,6 @@ def _data_value(value: float | None) -> str:
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return repr(float(value))
-
-
-def _header(name: str) -> str:
-    label = {"psnr": "psnr (dB)", "tlp": "tLP"}.get(name, name)
-    return label.replace("perceptual/", "")
 
 
 def _table(ordered: Sequence[PairScore], value_names: Sequence[str], first: str | None) -> str:
@@ -285,7 +145,7 @@ def _table(ordered: Sequence[PairScore], value_names: Sequence[str], first: str 
         heads.append(f'<th data-kind="number" data-better="{better}" data-col="{e(name)}"'
                      f'{css} aria-sort="{sort}" title="{e(name)}: '
                      f'{"higher" if better == "higher" else "lower"} is more alike">'
-                     f'<button type="button">{e(_header(name))}</button></th>')
+                     f'<button type="button">{e(metric_label(name))}</button></th>')
     rows = []
     for index, score in enumerate(ordered):
         cells = [f'<td data-value="{e(score.name)}"><a href="#pair-{index}">'
@@ -312,7 +172,7 @@ def _card(index: int, score: PairScore, value_names: Sequence[str], files: dict[
     load = ' loading="lazy"' if lazy else ""
     dims = f'width="{width}" height="{height}"'
     shown = [name for name in value_names if not name.startswith("perceptual/")]
-    numbers = " &middot; ".join(f"{e(_header(n))} {format_value(n, score.values.get(n))}"
+    numbers = " &middot; ".join(f"{e(metric_label(n))} {format_value(n, score.values.get(n))}"
                                 for n in shown)
     return f"""<section class="card" id="pair-{index}" data-pair="{index}">
 <h3><span class="rank" title="rank by {e(first or 'name')}, worst first">#{index + 1}</span> \
@@ -387,104 +247,6 @@ def _page_paths(out: Path) -> tuple[Path, str]:
     return out / "index.html", _ASSETS
 
 
-# --------------------------------------------------------------------------------------------
-# the per-frame plot of a video comparison
-# --------------------------------------------------------------------------------------------
-_PLOT_WIDTH, _PANEL_HEIGHT, _LEFT, _RIGHT, _TOP, _BOTTOM = 880, 150, 64, 40, 26, 26
-
-
-def _polyline(values: Sequence[float], x_of: Callable[[int], float], y_of: Callable[[float],
-              float], css: str, label: str) -> str:
-    """An SVG line through the defined values (a NaN breaks the line), with a title."""
-    runs: list[list[str]] = [[]]
-    for index, value in enumerate(values):
-        if value is None or not math.isfinite(value):
-            runs.append([])
-            continue
-        runs[-1].append(f"{x_of(index):.1f},{y_of(value):.1f}")
-    lines = "".join(f'<polyline class="{css}" style="fill: none" points="{" ".join(run)}"/>'
-                    for run in runs if len(run) > 1)
-    dots = "".join(f'<circle class="{css}" cx="{x_of(i):.1f}" cy="{y_of(v):.1f}" r="2.5">'
-                   f"<title>{html.escape(label)}, frame {i}: {v:.4g}</title></circle>"
-                   for i, v in enumerate(values) if v is not None and math.isfinite(v))
-    return lines + dots
-
-
-def _panel(top: float, title: str, series: Sequence[tuple[Sequence[float], str, str]],
-           names: Sequence[str], x_of: Callable[[int], float]) -> str:
-    """One panel of the plot: axes, grid, tick labels and its lines."""
-    e = html.escape
-    finite = [v for values, _, _ in series for v in values if v is not None and math.isfinite(v)]
-    high = max(finite, default=0.0) or 1.0
-    bottom = top + _PANEL_HEIGHT
-
-    def y_of(value: float) -> float:
-        return bottom - value / high * _PANEL_HEIGHT
-
-    parts = [f'<text class="panel-title" x="{_LEFT}" y="{top - 8}">{e(title)}</text>']
-    for fraction in (0.0, 0.5, 1.0):
-        y = y_of(high * fraction)
-        parts.append(f'<line class="grid" x1="{_LEFT}" x2="{_PLOT_WIDTH - _RIGHT}" '
-                     f'y1="{y:.1f}" y2="{y:.1f}"/><text class="tick" x="{_LEFT - 6}" '
-                     f'y="{y + 4:.1f}" text-anchor="end">{high * fraction:.3g}</text>')
-    step = max(1, math.ceil(len(names) / 12))
-    for index in range(0, len(names), step):
-        parts.append(f'<text class="tick" x="{x_of(index):.1f}" y="{bottom + 16}" '
-                     f'text-anchor="middle">{e(names[index][-10:])}</text>')
-    parts.append(f'<line class="axis" x1="{_LEFT}" x2="{_LEFT}" y1="{top}" y2="{bottom}"/>'
-                 f'<line class="axis" x1="{_LEFT}" x2="{_PLOT_WIDTH - _RIGHT}" y1="{bottom}" '
-                 f'y2="{bottom}"/>')
-    legend_x = _PLOT_WIDTH - _RIGHT
-    for values, css, label in reversed(series):
-        parts.append(_polyline(values, x_of, y_of, css, label))
-        parts.append(f'<text class="legend {css}" x="{legend_x}" y="{top - 8}" '
-                     f'text-anchor="end">{e(label)}</text>')
-        legend_x -= 8 + 7 * len(label)
-    return "".join(parts)
-
-
-def frame_plot(scores: Sequence[PairScore], metric: str | None, changes_a: Sequence[float],
-               changes_b: Sequence[float]) -> str:
-    """An inline SVG of a video comparison, frame by frame.
-
-    The top panel shows each frame pair's ``metric`` (e.g. the perceptual distance); the
-    bottom one tLP's term ``|LPIPS(b_t, b_{t-1}) - LPIPS(a_t, a_{t-1})|`` with the two changes
-    it compares (dashed). The x axis is the frame, labelled with frame names.
-
-    Args:
-        scores: The frames, in frame order, with ``values["tlp"]``.
-        metric: The value of the top panel (``None``: no top panel).
-        changes_a: ``LPIPS(a_t, a_{t-1})`` for ``t = 1..T-1``.
-        changes_b: ``LPIPS(b_t, b_{t-1})``.
-
-    Returns:
-        An ``<svg>`` element (no script, no external file).
-    """
-    names = [score.name for score in scores]
-    span = _PLOT_WIDTH - _LEFT - _RIGHT
-
-    def x_of(index: int) -> float:
-        return _LEFT + (index / max(1, len(names) - 1)) * span
-
-    panels = []
-    top = _TOP
-    if metric is not None:
-        values = [score.values.get(metric, math.nan) for score in scores]
-        panels.append(_panel(top, f"{_header(metric)} of each frame pair (A_t vs B_t)",
-                             [(values, "metric", _header(metric))], names, x_of))
-        top += _PANEL_HEIGHT + _TOP + _BOTTOM
-    tlp = [score.values.get("tlp", math.nan) for score in scores]
-    nan = [math.nan]
-    panels.append(_panel(
-        top, "tLP term of each frame: |LPIPS(B_t, B_t-1) - LPIPS(A_t, A_t-1)|",
-        [(tlp, "tlp", "tLP term"), (nan + list(changes_a), "change-a", "LPIPS(A_t, A_t-1)"),
-         (nan + list(changes_b), "change-b", "LPIPS(B_t, B_t-1)")], names, x_of))
-    height = top + _PANEL_HEIGHT + _BOTTOM
-    return (f'<svg id="frame-plot" xmlns="http://www.w3.org/2000/svg" width="{_PLOT_WIDTH}" '
-            f'height="{height}" viewBox="0 0 {_PLOT_WIDTH} {height}" role="img" '
-            f'aria-label="per-frame distance and tLP">' + "".join(panels) + "</svg>")
-
-
 def _video_section(scores: Sequence[PairScore], metric: str | None,
                    video: dict[str, Any]) -> str:
     tlp = float(video["tlp"])
@@ -534,7 +296,7 @@ def write_html_report(
         progress: Show a progress bar on stderr while drawing.
         video: For two clips (``scores`` one per frame, in frame order, with ``"tlp"``):
             ``{"tlp": float, "changes_a": [...], "changes_b": [...]}`` as from
-            :func:`~perceptual_loss.apps.compare.compare_videos`. The frames then keep their
+            :func:`~perceptual_loss.apps.compare.video.compare_videos`. The frames then keep their
             order and the page gets a per-frame plot (:func:`frame_plot`).
 
     Returns:
@@ -549,7 +311,7 @@ def write_html_report(
         raise ValueError("no scores to report: compare at least one pair")
     if thumb_size < 16:
         raise ValueError(f"thumb_size must be >= 16, got {thumb_size}")
-    _colormap(colormap)
+    colormap_of(colormap)
     index_path, assets_name = _page_paths(Path(out_dir))
     out_dir = index_path.parent
     config = dict(scorer.config if config is None else config)
@@ -568,7 +330,8 @@ def write_html_report(
         stale.unlink()
     maps: list[np.ndarray] = []
     files: list[dict[str, str]] = []
-    bar = _progress_bar(len(ordered), progress)
+    bar = progress_bar(len(ordered), enabled=progress, description="html report", unit="pair",
+                       leave=False)
     try:
         for index, score in enumerate(ordered):
             with warnings.catch_warnings():  # the scores already said so
@@ -584,19 +347,17 @@ def write_html_report(
                      for what in ("a", "b", "map")}
             _thumbnail(image_a, thumb_size).save(out_dir / names["a"])
             _thumbnail(image_b, thumb_size).save(out_dir / names["b"])
-            maps.append(_shrink_map(mapper(image_a, image_b), thumb_size))
+            maps.append(shrink_map(mapper(image_a, image_b), thumb_size))
             files.append(names)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     scale = max(float(np.percentile(values, SCALE_PERCENTILE)) for values in maps)
     if not scale > 0:  # identical pairs: nothing to show
         scale = max(float(values.max()) for values in maps) or 1.0
     for values, names in zip(maps, files, strict=True):
-        _heatmap_picture(values, scale, colormap).save(out_dir / names["map"])
-    _colorbar(colormap).save(assets / "colorbar.png")
+        heatmap_picture(values, scale, colormap).save(out_dir / names["map"])
+    colorbar(colormap).save(assets / "colorbar.png")
 
     lazy = len(ordered) > 60
     cards = "\n".join(
@@ -642,15 +403,3 @@ def write_html_report(
                   _TEMPLATE.read_text(encoding="utf-8"))
     index_path.write_text(page, encoding="utf-8")
     return index_path
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    import sys
-
-    return tqdm(total=total, unit="pair", desc="html report", file=sys.stderr, leave=False)

@@ -1,4 +1,4 @@
-"""Writing comparison results: means over pairs, JSON and CSV files."""
+"""A comparison's results: one pair's scores, means over pairs, JSON and CSV files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,44 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from perceptual_loss.apps.compare import PairScore
+__all__ = ["PairScore", "format_value", "metric_label", "summarize", "write_csv", "write_json"]
 
-__all__ = ["format_value", "summarize", "write_csv", "write_json"]
+
+@dataclass
+class PairScore:
+    """The scores of one image pair.
+
+    Attributes:
+        name: The pair's name (file name without suffix, relative to the folder).
+        path_a: First image (the reference).
+        path_b: Second image (the one judged).
+        height: Image height in pixels.
+        width: Image width in pixels.
+        values: Metric name -> value; per-layer perceptual distances as
+            ``"perceptual/<layer>"``. PSNR is ``inf`` for identical images.
+    """
+
+    name: str
+    path_a: str
+    path_b: str
+    height: int
+    width: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict: name, paths, size, then the values (for CSV and JSON)."""
+        return {
+            "name": self.name,
+            "a": self.path_a,
+            "b": self.path_b,
+            "height": self.height,
+            "width": self.width,
+            **self.values,
+        }
 
 
 def format_value(name: str, value: float | None) -> str:
@@ -26,6 +57,17 @@ def format_value(name: str, value: float | None) -> str:
     if name == "ssim":
         return f"{value:.4f}"
     return f"{value:.4g}"
+
+
+def metric_label(name: str) -> str:
+    """A value's column title: ``psnr (dB)``, ``tLP``, a layer without ``perceptual/``.
+
+    Example:
+        >>> [metric_label(n) for n in ("psnr", "tlp", "perceptual/relu2_2", "mse")]
+        ['psnr (dB)', 'tLP', 'relu2_2', 'mse']
+    """
+    label = {"psnr": "psnr (dB)", "tlp": "tLP"}.get(name, name)
+    return label.replace("perceptual/", "")
 
 
 def summarize(scores: Sequence[PairScore]) -> dict[str, float | None]:

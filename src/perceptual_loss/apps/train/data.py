@@ -1,4 +1,4 @@
-"""Training data: images, random crops, degradations, and CT/MRI windowing.
+"""Training data: images in memory, random crops, and restoration pairs.
 
 Images are tensors ``(C, H, W)`` of dtype float32 in ``[0, 1]`` held in memory (training
 sets for these commands are folders of a few to a few thousand pictures). A
@@ -7,8 +7,9 @@ random crops; every random draw comes from a generator seeded by ``(seed, epoch,
 so an item is the same whichever process or worker loads it and a resumed run sees the
 same data as an uninterrupted one.
 
-Degradations are small callables ``degradation(image, generator) -> image``:
-:class:`GaussianNoise`, :class:`PoissonNoise` and :class:`BicubicDownscale`.
+Degradations (noise, bicubic downscaling) live in
+:mod:`perceptual_loss.apps.images.degradations`; CT/MRI windowing in
+:mod:`perceptual_loss.apps.images.slices`.
 
 With no folder of its own a user trains on scikit-image's bundled sample pictures
 (:func:`load_sample_images`), which load with no network.
@@ -16,37 +17,26 @@ With no folder of its own a user trains on scikit-image's bundled sample picture
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from perceptual_loss.apps.io import list_images, load_image
-from perceptual_loss.apps.slices import apply_window, load_slices, parse_window, read_raw_grayscale
+from perceptual_loss.apps.images.degradations import Degradation
+from perceptual_loss.apps.images.io import list_images, load_image
 
 __all__ = [
     "SAMPLE_IMAGES_GRAY",
     "SAMPLE_IMAGES_RGB",
-    "BicubicDownscale",
-    "Degradation",
-    "GaussianNoise",
-    "PoissonNoise",
     "RestorationDataset",
-    "apply_window",
     "center_crop",
     "load_folder",
     "load_sample_images",
-    "load_slices",
     "make_eval_pairs",
     "modcrop",
-    "parse_noise",
-    "parse_window",
     "random_crop",
-    "read_raw_grayscale",
     "split_holdout",
 ]
 
@@ -60,8 +50,6 @@ SAMPLE_IMAGES_RGB: tuple[str, ...] = (
 )
 #: Grayscale pictures bundled with scikit-image.
 SAMPLE_IMAGES_GRAY: tuple[str, ...] = ("camera", "brick", "grass", "gravel", "moon")
-
-Degradation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def _check_image(image: torch.Tensor, name: str = "image") -> None:
@@ -217,133 +205,6 @@ def modcrop(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return image[:, : height - height % multiple, : width - width % multiple]
 
 
-class GaussianNoise:
-    """Additive white Gaussian noise, clipped to ``[0, 1]`` like a saved picture.
-
-    Args:
-        sigma: Standard deviation in ``[0, 1]`` units (25/255 ~ 0.098 is the classic
-            "sigma 25"), or ``(low, high)`` to draw one sigma per image uniformly (blind
-            denoising).
-
-    Example:
-        >>> noisy = GaussianNoise(0.1)(torch.full((1, 4, 4), 0.5), torch.Generator())
-        >>> noisy.shape
-        torch.Size([1, 4, 4])
-    """
-
-    def __init__(self, sigma: float | tuple[float, float]) -> None:
-        low, high = (sigma, sigma) if isinstance(sigma, int | float) else tuple(sigma)
-        if not (0.0 <= low <= high) or not math.isfinite(high):
-            raise ValueError(
-                f"sigma must be a non-negative number or a (low, high) range, got {sigma!r}"
-            )
-        if high > 1.0:
-            raise ValueError(
-                f"sigma is in [0, 1] image units (sigma 25 on 0..255 is 25/255 = 0.098), "
-                f"got {sigma!r}"
-            )
-        self.low, self.high = float(low), float(high)
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Return a noisy copy of ``image`` (same shape, values in ``[0, 1]``)."""
-        sigma = self.low + (self.high - self.low) * float(torch.rand((), generator=generator))
-        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype)
-        return (image + sigma * noise).clamp(0.0, 1.0)
-
-    def __repr__(self) -> str:
-        spread = f"{self.low:g}" if self.low == self.high else f"{self.low:g}..{self.high:g}"
-        return f"GaussianNoise(sigma={spread})"
-
-
-class PoissonNoise:
-    """Shot noise: ``Poisson(peak * x) / peak``, the photon-limited noise of low dose/light.
-
-    Args:
-        peak: Photon count that a pixel of value 1 receives; smaller is noisier
-            (e.g. 10 very noisy, 100 mild).
-    """
-
-    def __init__(self, peak: float) -> None:
-        if not isinstance(peak, int | float) or not math.isfinite(peak) or peak <= 0:
-            raise ValueError(f"peak must be a positive number of photons, got {peak!r}")
-        self.peak = float(peak)
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Return a noisy copy of ``image`` (same shape, values in ``[0, 1]``)."""
-        counts = torch.poisson(image.clamp(min=0.0) * self.peak, generator=generator)
-        return (counts / self.peak).clamp(0.0, 1.0)
-
-    def __repr__(self) -> str:
-        return f"PoissonNoise(peak={self.peak:g})"
-
-
-class BicubicDownscale:
-    """Bicubic (antialiased) downscaling by an integer factor: the SR degradation.
-
-    Args:
-        scale: Downscaling factor (2 or 4 for the SR network).
-    """
-
-    def __init__(self, scale: int) -> None:
-        if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
-            raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
-        self.scale = scale
-
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None):
-        """Downscale ``(C, H, W)`` (H, W multiples of ``scale``) to ``(C, H/s, W/s)``."""
-        height, width = image.shape[-2:]
-        if height % self.scale or width % self.scale:
-            raise ValueError(
-                f"an image of {height}x{width} is not a multiple of the scale {self.scale}; "
-                "crop it first (modcrop)"
-            )
-        small = F.interpolate(
-            image.unsqueeze(0),
-            size=(height // self.scale, width // self.scale),
-            mode="bicubic",
-            align_corners=False,
-            antialias=True,
-        )
-        return small.squeeze(0).clamp(0.0, 1.0)
-
-    def __repr__(self) -> str:
-        return f"BicubicDownscale(scale={self.scale})"
-
-
-def parse_noise(spec: str) -> GaussianNoise | PoissonNoise:
-    """Parse a noise model from the command line.
-
-    Args:
-        spec: ``"gaussian:SIGMA"`` (SIGMA in [0, 1] units, or ``LOW-HIGH`` for a range),
-            or ``"poisson:PEAK"``.
-
-    Returns:
-        The degradation.
-
-    Raises:
-        ValueError: If the text does not follow either form.
-
-    Example:
-        >>> parse_noise("gaussian:0.1"), parse_noise("poisson:30")
-        (GaussianNoise(sigma=0.1), PoissonNoise(peak=30))
-    """
-    kind, _, value = str(spec).partition(":")
-    kind = kind.strip().lower()
-    usage = "expected 'gaussian:SIGMA' (e.g. gaussian:0.1 or gaussian:0.02-0.2) or 'poisson:PEAK'"
-    if not value:
-        raise ValueError(f"noise {spec!r}: {usage}")
-    try:
-        if kind == "gaussian":
-            if "-" in value.strip().lstrip("-"):
-                low, high = (float(v) for v in value.split("-"))
-                return GaussianNoise((low, high))
-            return GaussianNoise(float(value))
-        if kind == "poisson":
-            return PoissonNoise(float(value))
-    except ValueError as error:
-        raise ValueError(f"noise {spec!r}: {error}; {usage}") from None
-    raise ValueError(f"unknown noise {kind!r} in {spec!r}: {usage}")
-
 
 def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     # Distinct, reproducible stream per (seed, epoch, index), independent of the process.
@@ -362,13 +223,14 @@ class RestorationDataset(Dataset):
     Args:
         images: ``(C, H, W)`` float tensors in ``[0, 1]``, all with the same ``C``.
         crop_size: Side of the square target crops; a multiple of the scale for
-            :class:`BicubicDownscale`.
+            :class:`~perceptual_loss.apps.images.degradations.BicubicDownscale`.
         degradation: Makes the input from the target crop; ``None`` returns the crop as
             both input and target (style transfer).
         length: Crops per epoch.
         seed: Base seed.
 
     Example:
+        >>> from perceptual_loss.apps.images.degradations import GaussianNoise
         >>> data = RestorationDataset([torch.rand(3, 40, 40)], 16, GaussianNoise(0.1), 4)
         >>> noisy, clean = data[0]
         >>> noisy.shape, clean.shape

@@ -20,7 +20,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("task", "model_config", "model", "optimizer", 
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a training checkpoint written by :func:`perceptual_loss.apps.training.fit`.
+    """Read a training checkpoint written by :func:`perceptual_loss.apps.train.loop.fit`.
 
     Only tensors and plain data are unpickled (``weights_only=True``): a file crafted to run
     code is refused, never executed.

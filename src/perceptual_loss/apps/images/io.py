@@ -1,4 +1,4 @@
-"""Reading and writing images as tensors, and picture grids (pillow only).
+"""Reading and writing images as tensors (pillow, plus an exact 16-bit colour PNG reader).
 
 Images become ``(C, H, W)`` float32 tensors with values in ``[0, 1]``: 8-bit files are divided
 by 255, 16-bit files (medical PNG slices) by 65535, so a 16-bit CT slice keeps its precision.
@@ -8,24 +8,23 @@ EXIF orientation (phone photos) is applied, so the tensor looks the way viewers 
 from __future__ import annotations
 
 import contextlib
-import math
-import struct
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
+
+from perceptual_loss.apps.images.png16 import png_bit_depth_and_color, read_16bit_color_png
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "TransparencyWarning",
-    "grid_shape",
+    "image_array",
     "list_images",
     "load_image",
-    "save_grid",
     "save_image",
     "to_pil",
     "warnings_as_lines",
@@ -94,98 +93,6 @@ def warnings_as_lines(
         warnings.showwarning = original
 
 
-def _png_bit_depth_and_color(path: Path) -> tuple[int, int] | None:
-    """Bit depth and colour type from a PNG header, or None for other files."""
-    with path.open("rb") as handle:
-        header = handle.read(26)
-    if len(header) < 26 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
-        return None
-    bit_depth, color_type = struct.unpack(">BB", header[24:26])
-    return bit_depth, color_type
-
-
-def _paeth(left: np.ndarray, up: np.ndarray, up_left: np.ndarray) -> np.ndarray:
-    estimate = left + up - up_left
-    distance_left = np.abs(estimate - left)
-    distance_up = np.abs(estimate - up)
-    distance_up_left = np.abs(estimate - up_left)
-    return np.where(
-        (distance_left <= distance_up) & (distance_left <= distance_up_left),
-        left,
-        np.where(distance_up <= distance_up_left, up, up_left),
-    )
-
-
-def _read_16bit_color_png(path: Path) -> np.ndarray:
-    """Decode a 16-bit RGB(A) PNG into a uint16 ``(H, W, C)`` array.
-
-    Pillow (and imageio/scikit-image through it) reduce such files to 8 bits, so the PNG
-    stream is decoded here: zlib, then the five PNG row filters (PNG spec, section 9).
-    """
-    import zlib
-
-    data = path.read_bytes()
-    position, idat, header = 8, bytearray(), None
-    while position + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-        position += 12 + length
-    if header is None:
-        raise ValueError(f"not a readable image file: {path} (PNG without IHDR)")
-    width, height, _, color_type, _, _, interlace = header
-    if interlace:
-        raise ValueError(
-            f"{path}: interlaced 16-bit colour PNG is not supported; re-save it without "
-            "interlacing"
-        )
-    channels = 3 if color_type == 2 else 4
-    bytes_per_pixel = 2 * channels
-    stride = width * bytes_per_pixel
-    try:
-        raw = np.frombuffer(zlib.decompress(bytes(idat)), dtype=np.uint8)
-    except zlib.error as error:
-        raise ValueError(f"not a readable image file: {path} ({error})") from error
-    if raw.size != height * (stride + 1):
-        raise ValueError(f"not a readable image file: {path} (truncated image data)")
-    rows = raw.reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.int64)
-    previous = np.zeros(stride, dtype=np.int64)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int64)
-        if kind == 0:
-            current = line
-        elif kind == 2:
-            current = (line + previous) % 256
-        elif kind == 1:
-            pixels = line.reshape(width, bytes_per_pixel)
-            current = (np.cumsum(pixels, axis=0) % 256).reshape(-1)
-        elif kind in (3, 4):
-            pixels = line.reshape(width, bytes_per_pixel)
-            above = previous.reshape(width, bytes_per_pixel)
-            result = np.zeros_like(pixels)
-            left = np.zeros(bytes_per_pixel, dtype=np.int64)
-            up_left = np.zeros(bytes_per_pixel, dtype=np.int64)
-            for x in range(width):
-                if kind == 3:
-                    predicted = (left + above[x]) // 2
-                else:
-                    predicted = _paeth(left, above[x], up_left)
-                result[x] = (pixels[x] + predicted) % 256
-                left, up_left = result[x], above[x]
-            current = result.reshape(-1)
-        else:
-            raise ValueError(f"not a readable image file: {path} (bad PNG filter {kind})")
-        out[y], previous = current, current
-    high, low = out[:, 0::2], out[:, 1::2]
-    return (high * 256 + low).astype(np.uint16).reshape(height, width, channels)
-
 
 def _as_float_array(image: Image.Image, path: Path) -> np.ndarray:
     """Pixel values of a pillow image as float32 in [0, 1], shape (H, W) or (H, W, C)."""
@@ -246,9 +153,9 @@ def load_image(path: str | Path, mode: ImageMode = "auto") -> torch.Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"expected an image file, got the folder {path}")
-    png_info = _png_bit_depth_and_color(path)
+    png_info = png_bit_depth_and_color(path)
     if png_info is not None and png_info[0] == 16 and png_info[1] in (2, 6):
-        pixels = _read_16bit_color_png(path)
+        pixels = read_16bit_color_png(path)
         if pixels.shape[-1] == 4:
             _warn_if_transparent(path, pixels[..., 3], 65535.0)
         array = pixels[..., :3].astype(np.float32) / 65535.0
@@ -290,7 +197,7 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor.clamp_(0.0, 1.0)  # only rounding noise of the luma weights can leave [0, 1]
 
 
-def _image_array(tensor: torch.Tensor, what: str, clamp: bool) -> np.ndarray:
+def image_array(tensor: torch.Tensor, what: str, clamp: bool) -> np.ndarray:
     """Validate an image tensor and return it as float64 ``(H, W)`` or ``(H, W, C)``."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -335,7 +242,7 @@ def to_pil(tensor: torch.Tensor, clamp: bool = False) -> Image.Image:
     Raises:
         ValueError: For a wrong shape, NaN/Inf, or values outside ``[0, 1]`` without ``clamp``.
     """
-    array = _image_array(tensor, "image", clamp)
+    array = image_array(tensor, "image", clamp)
     return Image.fromarray(np.round(array * 255.0).astype(np.uint8))
 
 
@@ -372,7 +279,7 @@ def save_image(
         )
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    array = _image_array(tensor, "image", clamp)
+    array = image_array(tensor, "image", clamp)
     path.parent.mkdir(parents=True, exist_ok=True)
     if bit_depth == 16:
         if array.ndim != 2:
@@ -424,168 +331,3 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _cell_image(image: torch.Tensor, where: str) -> np.ndarray:
-    """One grid cell as uint8 RGB ``(H, W, 3)``; values are clipped to [0, 1]."""
-    array = _image_array(image, where, clamp=True)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    return np.round(array * 255.0).astype(np.uint8)
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def save_grid(
-    rows: Sequence[Sequence[torch.Tensor] | torch.Tensor],
-    path: str | Path,
-    labels: Sequence[str] | None = None,
-    *,
-    row_labels: Sequence[str] | None = None,
-    padding: int = 4,
-    background: int = 255,
-    note: str | None = None,
-) -> Path:
-    """Save images side by side as one PNG (e.g. input / output / target per row).
-
-    Args:
-        rows: One entry per row; each a sequence of images ``(C, H, W)`` (``C`` = 1 or 3,
-            values in ``[0, 1]``; values outside are clipped, since a grid is a preview) or a
-            batch tensor ``(N, C, H, W)``. Rows may have different lengths and images different
-            sizes; each cell is as large as the largest image, images are centred.
-        path: Output image file (PNG recommended). Parent folders are created.
-        labels: Optional column titles, one per column, drawn above the first row (a
-            newline in a title starts a second, centred line).
-        row_labels: Optional row titles, one per row, drawn left of each row.
-        padding: Pixels between cells, ``>= 0``.
-        background: Gray level 0-255 of the background.
-        note: Optional warning drawn in dark red on a pale red band across the top (e.g.
-            that the pictures come from random weights); wrapped to the grid's width.
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: For no images, label counts that do not match, bad shapes, NaN/Inf.
-    """
-    if isinstance(rows, torch.Tensor):
-        raise TypeError("rows must be a sequence of rows; wrap a single batch as [batch]")
-    grid: list[list[torch.Tensor]] = []
-    for index, row in enumerate(rows):
-        if isinstance(row, torch.Tensor):
-            if row.ndim != 4:
-                raise ValueError(
-                    f"row {index}: a tensor row must be a batch (N, C, H, W), "
-                    f"got shape {tuple(row.shape)}"
-                )
-            grid.append(list(row.unbind(0)))
-        else:
-            grid.append(list(row))
-    columns = max((len(row) for row in grid), default=0)
-    if columns == 0:
-        raise ValueError("save_grid needs at least one image")
-    if labels is not None and len(labels) != columns:
-        raise ValueError(f"got {len(labels)} column labels for {columns} columns")
-    if row_labels is not None and len(row_labels) != len(grid):
-        raise ValueError(f"got {len(row_labels)} row labels for {len(grid)} rows")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-
-    cells = [
-        [_cell_image(image, f"image at row {r}, column {c}") for c, image in enumerate(row)]
-        for r, row in enumerate(grid)
-    ]
-    cell_h = max(cell.shape[0] for row in cells for cell in row)
-    cell_w = max(cell.shape[1] for row in cells for cell in row)
-    font_size = int(min(max(10, cell_h // 12), 24))
-    font = _font(font_size)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_size(text: str, which: ImageFont.ImageFont | ImageFont.FreeTypeFont = font
-                  ) -> tuple[int, int]:
-        left, top, right, bottom = measure.textbbox((0, 0), text, font=which)
-        return right - left, bottom - top
-
-    note_font = _font(max(font_size, 14))
-
-    def note_size(text: str) -> tuple[int, int]:
-        return text_size(text, note_font)
-
-    top_band = (max(text_size(t)[1] for t in labels) + 2 * padding + 2) if labels else 0
-    left_band = (max(text_size(t)[0] for t in row_labels) + 2 * padding) if row_labels else 0
-    width = left_band + columns * cell_w + (columns + 1) * padding
-    note_lines = _wrap(note, note_size, max(width - 2 * padding - 8, 1)) if note else []
-    if note_lines:
-        width = max(width, max(note_size(line)[0] for line in note_lines) + 2 * padding + 8)
-    line_h = note_size("Ag")[1] + 4
-    note_band = len(note_lines) * line_h + 8 if note_lines else 0
-    top_band += note_band
-    height = top_band + len(cells) * cell_h + (len(cells) + 1) * padding
-    canvas = Image.new("RGB", (width, height), (background,) * 3)
-    draw = ImageDraw.Draw(canvas)
-    ink = (0, 0, 0) if background >= 128 else (255, 255, 255)
-    if note_lines:
-        draw.rectangle((0, 0, width - 1, note_band - 1), fill=(253, 226, 226),
-                       outline=(198, 40, 40))
-        for index, line in enumerate(note_lines):
-            draw.text((padding + 4, 4 + index * line_h), line, fill=(150, 20, 20),
-                      font=note_font)
-
-    for c, title in enumerate(labels or ()):
-        text_w, _ = text_size(title)
-        x0 = left_band + padding + c * (cell_w + padding)
-        draw.text((x0 + max(0, (cell_w - text_w) // 2), note_band + padding), title, fill=ink,
-                  font=font, align="center")
-    for r, row in enumerate(cells):
-        y0 = top_band + padding + r * (cell_h + padding)
-        if row_labels is not None:
-            _, text_h = text_size(row_labels[r])
-            draw.text((padding, y0 + max(0, (cell_h - text_h) // 2)), row_labels[r], fill=ink,
-                      font=font)
-        for c, cell in enumerate(row):
-            x0 = left_band + padding + c * (cell_w + padding)
-            offset_y = (cell_h - cell.shape[0]) // 2
-            offset_x = (cell_w - cell.shape[1]) // 2
-            canvas.paste(Image.fromarray(cell), (x0 + offset_x, y0 + offset_y))
-
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
-
-
-def _wrap(text: str, text_size: Callable[[str], tuple[int, int]], width: int) -> list[str]:
-    """Split ``text`` into lines of at most ``width`` pixels (a longer word gets its own)."""
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        line = ""
-        for word in paragraph.split():
-            candidate = f"{line} {word}".strip()
-            if line and text_size(candidate)[0] > width:
-                lines.append(line)
-                line = word
-            else:
-                line = candidate
-        lines.append(line)
-    return lines
-
-
-def grid_shape(count: int, max_columns: int | None = None) -> tuple[int, int]:
-    """Rows and columns of a near-square grid holding ``count`` cells.
-
-    Args:
-        count: Number of cells, ``>= 1``.
-        max_columns: Optional upper bound on the number of columns.
-
-    Returns:
-        ``(rows, columns)`` with ``rows * columns >= count``.
-    """
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    columns = math.ceil(math.sqrt(count))
-    if max_columns is not None:
-        columns = max(1, min(columns, max_columns))
-    return math.ceil(count / columns), columns

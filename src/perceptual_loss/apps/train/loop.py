@@ -1,10 +1,11 @@
-"""The training loop behind ``perceptual train``: loss mix, progress, checkpoints, report.
+"""The training loop behind ``perceptual train``: progress, checkpoints, samples, report.
 
 One loop serves every task (denoising, super-resolution, fast style transfer):
 
 - the loss is a weighted mix chosen by a spec such as ``"mse=1,perceptual=0.1"``
-  (:func:`parse_loss_spec`, :func:`build_loss`), computed by :class:`PerceptualLoss` in one
-  backbone pass;
+  (:mod:`perceptual_loss.apps.train.loss_mix`), computed by :class:`PerceptualLoss` in one
+  backbone pass; the tasks that build it are in :mod:`~perceptual_loss.apps.train.restoration`
+  and :mod:`~perceptual_loss.apps.train.style`;
 - a tqdm progress bar shows the total and each term;
 - ``checkpoint.pt`` in the output folder holds model, optimiser, step and loss history, and
   ``resume=True`` continues from it exactly where it stopped;
@@ -31,30 +32,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from perceptual_loss.apps.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
-from perceptual_loss.apps.image_metrics import psnr, ssim
-from perceptual_loss.apps.loss_mix import (
-    DEFAULT_STYLE_LAYERS,
-    LOSS_TERMS,
-    LossConfig,
-    build_loss,
-    default_layers_for,
-    loss_recipe,
-    parse_loss_spec,
-    perceptual_distance_module,
-)
-from perceptual_loss.apps.reports import (
-    COLUMNS,
-    RESTORATION_LEGEND,
-    Evaluator,
-    evaluate_restoration,
-    final_evaluation,
-    format_number,
-    plot_loss_curve,
-    write_report,
-    write_samples,
-)
 from perceptual_loss.apps.runtime import (
     DistributedContext,
     advance,
@@ -62,29 +39,25 @@ from perceptual_loss.apps.runtime import (
     setup_distributed,
     worker_init,
 )
+from perceptual_loss.apps.train.checkpoints import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    save_checkpoint,
+)
+from perceptual_loss.apps.train.reports import (
+    COLUMNS,
+    RESTORATION_LEGEND,
+    Evaluator,
+    final_evaluation,
+    format_number,
+    plot_loss_curve,
+    write_report,
+    write_samples,
+)
+from perceptual_loss.recipe import group_parts
 
-__all__ = [
-    "CHECKPOINT_NAME",
-    "DEFAULT_STYLE_LAYERS",
-    "LOSS_TERMS",
-    "DistributedContext",
-    "LossConfig",
-    "TrainConfig",
-    "TrainResult",
-    "build_loss",
-    "default_layers_for",
-    "evaluate_restoration",
-    "fit",
-    "load_checkpoint",
-    "loss_recipe",
-    "parse_loss_spec",
-    "perceptual_distance_module",
-    "plot_loss_curve",
-    "psnr",
-    "setup_distributed",
-    "ssim",
-    "train_restoration",
-]
+__all__ = ["TrainConfig", "TrainResult", "crops_per_epoch", "fit"]
+
 
 @dataclass
 class TrainConfig:
@@ -165,20 +138,6 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def _group_parts(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum per-layer parts by term: ``content/relu1_2`` + ``content/relu2_2`` -> content.
-
-    ``pixel/mse`` and ``pixel/l1`` become ``mse`` and ``l1``.
-    """
-    grouped: dict[str, torch.Tensor] = {}
-    for name, value in parts.items():
-        head, _, tail = name.partition("/")
-        key = tail if head == "pixel" else head
-        value = value.detach().float().mean()
-        grouped[key] = grouped[key] + value if key in grouped else value
-    return grouped
-
-
 def fit(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -204,14 +163,15 @@ def fit(
             target's shape. It must have a ``config`` dict (see :mod:`.models`).
         loss_fn: ``loss_fn(output, target, return_parts=True) -> (loss, parts)``.
         dataset: Yields ``(input, target)`` pairs; if it has ``set_epoch`` it is called
-            every epoch (as :class:`~perceptual_loss.apps.data.RestorationDataset` needs).
+            every epoch (as :class:`~perceptual_loss.apps.train.data.RestorationDataset` needs).
         eval_pairs: Held-out ``(input, target)`` pairs, scored at the end and shown in the
             sample grids; may be empty.
         config: Steps, batch size, output folder, resume, ...
         task: JSON-able description stored in the checkpoint and report (``{"name":
             "denoise", ...}``); its ``"name"`` heads the report.
         eval_names: Names of the held-out images for the report.
-        evaluate: Scores held-out pairs; default :func:`evaluate_restoration` without a
+        evaluate: Scores held-out pairs; default
+            :func:`~perceptual_loss.apps.train.reports.evaluate_restoration` without a
             perceptual column.
         legend: Text under the report's table explaining its columns.
         notes: Lines stated at the top of the report (e.g. random-weight warnings).
@@ -383,7 +343,9 @@ class _Run:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
-        record = _record(self.step, loss, _group_parts(parts), self.context)
+        grouped = {name: value.detach().float().mean()
+                   for name, value in group_parts(parts).items()}
+        record = _record(self.step, loss, grouped, self.context)
         self.history.append(record)
         if not math.isfinite(record["loss"]):
             raise ValueError(f"the loss became {record['loss']} at step {self.step}; lower the "
@@ -466,67 +428,11 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------------------------
-# tasks
-# --------------------------------------------------------------------------------------------
-def _crops_per_epoch(config: TrainConfig, images: Sequence[torch.Tensor]) -> int:
+def crops_per_epoch(config: TrainConfig, images: Sequence[torch.Tensor]) -> int:
+    """Crops in a virtual epoch: ``config.crops_per_epoch``, else 64 per image.
+
+    At least one batch for every process (``WORLD_SIZE`` under torchrun).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     wanted = config.crops_per_epoch or 64 * len(images)
     return max(wanted, config.batch_size * max(1, world))
-
-
-def train_restoration(
-    model: nn.Module,
-    degradation: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    train_images: Sequence[torch.Tensor],
-    eval_images: Sequence[torch.Tensor],
-    eval_names: Sequence[str],
-    loss_config: LossConfig,
-    config: TrainConfig,
-    *,
-    crop_size: int,
-    task: dict[str, Any],
-    device: torch.device | None = None,
-    notes: Sequence[str] = (),
-    echo: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Train an image-restoration network (denoising, SR) on clean images.
-
-    Crops of ``train_images`` are degraded on the fly to make the inputs; held-out images
-    are degraded once with a fixed seed and scored at the end (PSNR, SSIM, perceptual
-    distance, for the degraded input and for the output).
-
-    Args:
-        model: The network (e.g. :class:`~perceptual_loss.apps.models.UNet`).
-        degradation: Makes an input from a clean crop (noise, bicubic downscale).
-        train_images: Clean ``(C, H, W)`` images in ``[0, 1]``.
-        eval_images: Clean held-out images (may be empty).
-        eval_names: Their names.
-        loss_config: The loss mix.
-        config: Steps, batch, output folder, ...
-        crop_size: Side of the training crops (target size).
-        task: Description stored in the checkpoint and report; needs ``"name"``.
-        device: Where to train.
-        notes: Lines put at the top of the report.
-        echo: Prints a line (rank 0).
-
-    Returns:
-        The :class:`TrainResult`.
-    """
-    dataset = RestorationDataset(
-        train_images, crop_size, degradation, _crops_per_epoch(config, train_images),
-        seed=config.seed,
-    )
-    eval_pairs = make_eval_pairs(eval_images, degradation, max_size=256, seed=config.seed + 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        loss_fn = build_loss(loss_config)
-    distance, reason = perceptual_distance_module(loss_config.backbone, loss_config.weights)
-    notes = list(notes) + ([reason] if reason else [])
-    if reason and echo is not None:
-        echo(f"Warning: {reason}")
-    task = {**task, "loss": loss_config.describe(), "crop size": crop_size}
-    return fit(
-        model, loss_fn, dataset, eval_pairs, config, task=task, eval_names=eval_names,
-        evaluate=evaluate_restoration(distance), notes=notes, device=device, echo=echo,
-    )

@@ -1,6 +1,6 @@
 """Style transfer two ways: a fast feed-forward network, or optimising the image itself.
 
-- :func:`train_style` trains a :class:`~perceptual_loss.apps.models.TransformerNet` on
+- :func:`train_style` trains a :class:`~perceptual_loss.apps.train.models.TransformerNet` on
   crops of content pictures against one style picture (Johnson et al. 2016): content
   distance on ``relu2_2``, Gram-matrix distance on relu1_2..relu4_3 against Gram
   matrices cached once with :meth:`PerceptualLoss.set_style_target`, and total variation.
@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from perceptual_loss import PerceptualLoss
-from perceptual_loss.apps.checkpoints import load_checkpoint
-from perceptual_loss.apps.data import RestorationDataset, make_eval_pairs
-from perceptual_loss.apps.loss_mix import DEFAULT_STYLE_LAYERS, default_layers_for
-from perceptual_loss.apps.models import TransformerNet, build_model
-from perceptual_loss.apps.reports import predict
 from perceptual_loss.apps.runtime import advance, progress_bar
-from perceptual_loss.apps.training import TrainConfig, TrainResult, _crops_per_epoch, fit
+from perceptual_loss.apps.train.checkpoints import load_checkpoint
+from perceptual_loss.apps.train.data import RestorationDataset, make_eval_pairs
+from perceptual_loss.apps.train.loop import TrainConfig, TrainResult, crops_per_epoch, fit
+from perceptual_loss.apps.train.loss_mix import DEFAULT_STYLE_LAYERS
+from perceptual_loss.apps.train.models import TransformerNet, build_model
+from perceptual_loss.apps.train.reports import predict
+from perceptual_loss.recipe import default_layers, group_parts
 
 __all__ = [
     "GATYS_CONTENT_LAYERS",
@@ -128,9 +129,9 @@ def _style_evaluator(loss_fn: PerceptualLoss) -> Callable[..., list[dict[str, fl
             row: dict[str, float] = {}
             for label, image in (("input", reference), ("output", output)):
                 _, parts = loss_fn(image, reference, return_parts=True)
+                grouped = group_parts(parts)
                 for term in ("content", "style"):
-                    values = [float(v) for k, v in parts.items() if k.startswith(term + "/")]
-                    row[f"{term}_{label}"] = sum(values) if values else float("nan")
+                    row[f"{term}_{label}"] = float(grouped.get(term, float("nan")))
             rows.append(row)
         return rows
 
@@ -190,7 +191,7 @@ def train_style(
         echo: Prints a line (rank 0).
 
     Returns:
-        The :class:`~perceptual_loss.apps.training.TrainResult`; ``checkpoint.pt`` in
+        The :class:`~perceptual_loss.apps.train.loop.TrainResult`; ``checkpoint.pt`` in
         ``config.out_dir`` is what :func:`stylize` applies.
     """
     if style_image.ndim != 3 or style_image.shape[0] != 3:
@@ -206,13 +207,13 @@ def train_style(
             style_small, backbone=backbone, weights=weights,
             layers=tuple(layers or JOHNSON_CONTENT_LAYERS),
             style_layers=tuple(
-                style_layers or default_layers_for(backbone, DEFAULT_STYLE_LAYERS)
+                style_layers or default_layers(backbone, DEFAULT_STYLE_LAYERS)
             ),
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             device=device,
         )
     dataset = RestorationDataset(
-        content_images, crop_size, None, _crops_per_epoch(config, content_images),
+        content_images, crop_size, None, crops_per_epoch(config, content_images),
         seed=config.seed,
     )
     eval_pairs = make_eval_pairs(eval_images, None, max_size=256)
@@ -370,10 +371,9 @@ def optimize_image(
         loss, parts = loss_fn(image, return_parts=True)
         loss.backward()
         record = {"step": float(len(history) + 1), "loss": float(loss.detach())}
+        grouped = group_parts(parts)
         for term in ("content", "style", "tv"):
-            record[term] = float(
-                sum(float(v) for k, v in parts.items() if k == term or k.startswith(term + "/"))
-            )
+            record[term] = float(grouped.get(term, 0.0))
         history.append(record)
         return loss
 
