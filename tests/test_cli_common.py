@@ -10,7 +10,11 @@ from click.testing import CliRunner
 
 import perceptual_loss
 from perceptual_loss.cli import LAZY_SUBCOMMANDS, LazyGroup, cli, main
-from perceptual_loss.cli.errors import PerceptualCommand
+from perceptual_loss.cli.errors import (
+    PerceptualCommand,
+    format_user_error,
+    missing_weights_message,
+)
 from perceptual_loss.cli.options import (
     device_option,
     parse_name_list,
@@ -247,3 +251,33 @@ def test_missing_weights_are_reported_in_command_line_words(tmp_path, monkeypatc
     assert "perceptual weights fetch vgg16/imagenet" in message
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
     assert "--weights random" in message and "weights=None" not in message
+
+
+# ------------------------------------------------------------------ missing weights
+@pytest.mark.parametrize(("reason", "said"), [
+    ("offline", " (downloads are off: PERCEPTUAL_LOSS_OFFLINE is set)."),
+    ("download-failed", " (the download failed: no internet?)."),
+    ("absent", " is not here. Fetch"),
+])
+def test_missing_weights_line_says_why_from_the_errors_reason(reason, said, tmp_path):
+    from perceptual_loss.weights import WeightsNotFoundError
+
+    # the message text is not read: a reworded library message changes nothing here
+    error = WeightsNotFoundError("worded differently", key="vgg16/imagenet",
+                                 weights_file="vgg16-397923af.pth", url="https://x/y.pth",
+                                 folders=(tmp_path,), reason=reason)
+    line = missing_weights_message(error)
+    assert line.startswith("Error: weights file vgg16-397923af.pth for vgg16/imagenet")
+    assert said in line
+    assert "`perceptual weights fetch vgg16/imagenet` (from https://x/y.pth)" in line
+    assert f"or copy it into {tmp_path}" in line and line.endswith("--weights random.")
+    assert format_user_error(error) == line
+
+
+def test_other_errors_and_paths_get_no_missing_weights_line(tmp_path):
+    from perceptual_loss.weights import WeightsNotFoundError
+
+    assert missing_weights_message(FileNotFoundError("vgg16/imagenet not here")) is None
+    path_error = WeightsNotFoundError(f"weights {tmp_path}: no such file", reason="no-such-file")
+    assert missing_weights_message(path_error) is None
+    assert format_user_error(path_error) == f"Error: weights {tmp_path}: no such file"

@@ -134,6 +134,27 @@ def test_offline_missing_weights_fail_fast_with_file_url_and_folders(tmp_path, m
     assert "weights=None" in message
 
 
+def test_a_missing_file_says_why_in_its_reason(tmp_path, monkeypatch):
+    path, _ = _features_checkpoint(tmp_path)
+    spec = _registered_copy(path)
+    with pytest.raises(WeightsNotFoundError) as absent:
+        resolve_weight_file(spec, download=False)
+    assert absent.value.reason == "absent" and absent.value.key == spec.key
+    monkeypatch.setenv("PERCEPTUAL_LOSS_MIRROR", (tmp_path / "empty-mirror").as_uri())
+    with pytest.raises(WeightsNotFoundError, match="Download failed") as failed:
+        resolve_weight_file(spec, progress=False)
+    assert failed.value.reason == "download-failed"
+    monkeypatch.setenv("PERCEPTUAL_LOSS_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="Downloads are off") as offline:
+        resolve_weight_file(spec)
+    assert offline.value.reason == "offline"
+    with pytest.raises(WeightsNotFoundError, match="no such file") as no_file:
+        FeatureExtractor("vgg11", layers=("relu1_1",), weights=tmp_path / "no-such.pth")
+    assert no_file.value.reason == "no-such-file" and no_file.value.key is None
+    with pytest.raises(ValueError, match="reason must be one of"):
+        WeightsNotFoundError("x", reason="lost")
+
+
 def test_registry_entries_match_torchvision_and_keras_files():
     spec = get_weight_spec("vgg16/imagenet")
     assert spec.filename == "vgg16-397923af.pth" and spec.hash_value == "397923af"
