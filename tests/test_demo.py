@@ -1,5 +1,4 @@
 import json
-import os
 import re
 from pathlib import Path
 
@@ -10,10 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from perceptual_loss.apps import demo as demo_module
-from perceptual_loss.apps import runtime
 from perceptual_loss.apps.demo import DISTORTIONS, DemoConfig, resolve_demo_weights, run_demo
 from perceptual_loss.apps.images.degradations import distort, gaussian_blur
-from perceptual_loss.apps.runtime import cpu_threads
 from perceptual_loss.cli import cli
 
 TRAINING_DOCS = Path(__file__).resolve().parents[1] / "docs" / "training.md"
@@ -138,50 +135,6 @@ def test_pictures_are_captioned_with_their_own_numbers(tmp_path, monkeypatch):
     assert texts[0] == "one: original"
     assert "MSE 1\n" in texts[1] and "MSE 1.5\n" in texts[2]  # picture one's, not means
     assert texts[-1].startswith("Means over the 2 sample pictures (one, two)")
-
-
-def test_cpu_threads_leave_busy_cores_alone(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    for busy, expected in ((0.0, 7), (0.4, 7), (1.0, 7), (1.6, 6), (3.0, 5), (20.0, 1)):
-        monkeypatch.setattr(runtime, "_busy_cores", lambda busy=busy: busy)
-        assert cpu_threads()[0] == expected
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(runtime, "_busy_cores", lambda: 0.0)
-    assert cpu_threads()[0] == 1  # 2 cores: one left free, whatever runs now
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
-    assert cpu_threads()[0] == 1
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)), raising=False)
-    monkeypatch.setattr(runtime, "_busy_cores", lambda: None)  # no /proc/stat
-    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 0.0, 0.0))
-    assert cpu_threads() == (3, "4 cores, one left free, 1.2 load average; --threads to choose")
-    assert cpu_threads(3) == (3, "3 asked for, 4 cores")
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        cpu_threads(0)
-
-
-def test_busy_cores_are_the_busy_share_of_the_jiffies_times_the_cores():
-    # user nice system idle iowait irq softirq steal; 4 cores
-    readings = iter([
-        "cpu  100 0 100 700 100 0 0 0\ncpu0 1\ncpu1 1\ncpu2 1\ncpu3 1\nintr 5\n",
-        # 400 more jiffies, 100 of them idle or iowait: 3/4 busy -> 3 cores
-        "cpu  250 0 250 750 150 0 0 0\ncpu0 1\ncpu1 1\ncpu2 1\ncpu3 1\nintr 9\n",
-    ])
-    busy = runtime._busy_cores(0.0, read_stat=lambda: next(readings))
-    assert busy == pytest.approx(3.0)
-    unchanged = "cpu  1 0 1 1 1 0 0 0\ncpu0 1\n"
-    assert runtime._busy_cores(0.0, read_stat=lambda: unchanged) is None  # no time passed
-
-    def unreadable() -> str:
-        raise OSError("no /proc/stat")
-
-    assert runtime._busy_cores(0.0, read_stat=unreadable) is None
-
-
-def test_busy_cores_of_this_machine_lie_between_zero_and_its_cores():
-    busy = runtime._busy_cores(0.2)
-    if busy is None:
-        pytest.skip("no /proc/stat on this system")
-    assert 0.0 <= busy <= os.cpu_count()
 
 
 def test_demo_restores_the_thread_count(tmp_path):
