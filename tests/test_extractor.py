@@ -120,8 +120,8 @@ def test_min_size_error_names_layer_and_size():
     (torch.zeros(1, 4, 16, 16), ValueError, r"4 channels.*per_channel"),
     (torch.full((1, 3, 16, 16), float("nan")), ValueError, "NaN"),
     (torch.full((1, 3, 16, 16), float("inf")), ValueError, "Inf"),
-    (torch.linspace(-0.5, 1.5, 768).view(1, 3, 16, 16), ValueError,
-     r"values in \[-0.5, 1.5\].*input_range=\(0, 1\)"),
+    (torch.linspace(-1.0, 1.0, 768).view(1, 3, 16, 16), ValueError,
+     r"values in \[-1, 1\].*input_range=\(0, 1\).*another convention"),
     ([[0.0]], TypeError, "torch.Tensor"),
 ])
 def test_bad_inputs_get_clear_errors(x, error, pattern):

@@ -20,6 +20,11 @@ CUDA, fp16/bf16       yes (tensor-core kernels)   the whole batch
 Without a gradient (metrics, ``torch.no_grad()``) the whole batch runs at once. With
 ``memory="plain"`` (ordinary autograd) ``"auto"`` means the plain computation itself: NCHW and
 the whole batch, bit-identical to an unmodified network.
+
+Under ``torch.compile`` the trunk is the plain computation of ordinary operations, the whole
+batch at once (:func:`runs_lean` is false while the compiler traces): the compiler sees the
+network's graph and fuses and schedules it, which the memory-lean trunk's hand-written
+backward (eager-only autograd functions and per-chunk backward passes) would hide from it.
 """
 
 from __future__ import annotations
@@ -29,13 +34,22 @@ from typing import Literal
 import torch
 
 __all__ = ["AUTO", "ChannelsLast", "ChunkSize", "check_channels_last", "check_chunk_size",
-           "choose_channels_last", "choose_chunk_size"]
+           "choose_channels_last", "choose_chunk_size", "runs_lean"]
 
 AUTO = "auto"
 #: Pixels per chunk of a CPU training step (one 224x224 image).
 CPU_CHUNK_PIXELS = 224 * 224
 ChannelsLast = bool | Literal["auto"]
 ChunkSize = int | None | Literal["auto"]
+
+
+def runs_lean(memory: str) -> bool:
+    """Whether a trunk built with ``memory`` runs memory-lean now: eager code only.
+
+    Under ``torch.compile`` the trunk runs plain, so that the compiler sees one ordinary graph
+    (see the module docstring).
+    """
+    return memory == "lean" and not torch.compiler.is_compiling()
 
 
 def check_channels_last(value: object) -> ChannelsLast:

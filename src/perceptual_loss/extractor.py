@@ -25,7 +25,12 @@ from perceptual_loss.backbones import BackboneSpec, get_backbone
 from perceptual_loss.backbones.custom import HookedTrunk, ModuleSpec
 from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
-from perceptual_loss.execution import ChannelsLast, check_channels_last, choose_channels_last
+from perceptual_loss.execution import (
+    ChannelsLast,
+    check_channels_last,
+    choose_channels_last,
+    runs_lean,
+)
 from perceptual_loss.frozen import keep_out_of_state_dict
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
 from perceptual_loss.recipe import DEFAULT_LAYERS, Recipe
@@ -198,7 +203,13 @@ class FeatureExtractor(nn.Module):
                    channels_last=channels_last, pooling=recipe.pooling)  # type: ignore[arg-type]
 
     def use_channels_last(self, device: torch.device) -> bool:
-        """Whether the trunk runs channels-last on ``device`` now; converts it once if so."""
+        """Whether the trunk runs channels-last on ``device`` now; converts it once if so.
+
+        Under ``torch.compile`` the layout is the compiler's (Inductor picks channels-last
+        for convolutions itself): the module is not converted while it is being traced.
+        """
+        if torch.compiler.is_compiling():
+            return False
         wanted = choose_channels_last(self.channels_last, device, plain=self.memory == "plain")
         if wanted != self._layout_channels_last:
             self.body.to(memory_format=torch.channels_last if wanted
@@ -324,7 +335,7 @@ class FeatureExtractor(nn.Module):
         trunk = list(self.body)  # read at call time: replicas (DataParallel) hold their own
         for start, plan, keep in self._segments:
             modules = trunk[start: start + keep[-1] + 1]
-            if self.memory == "lean":
+            if runs_lean(self.memory):
                 outputs = lean_forward(modules, x, plan, protect_input=start > 0)
                 for local in keep:
                     yield self._taps[start + local], outputs[local]

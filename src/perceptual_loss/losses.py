@@ -35,6 +35,7 @@ from perceptual_loss.execution import (
     check_channels_last,
     check_chunk_size,
     choose_chunk_size,
+    runs_lean,
 )
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import (
@@ -464,17 +465,20 @@ class PerceptualLoss(nn.Module):
         assert self.extractor is not None
         target_grad = target is not None and target.requires_grad
         needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or target_grad)
-        lean = self.extractor.memory == "lean"
+        lean = runs_lean(self.extractor.memory)
         chunk = choose_chunk_size(self.chunk_size, prediction.device, needs_grad=needs_grad,
                                   plain=not lean, batch=n,
-                                  pixels=prediction.shape[-2] * prediction.shape[-1]) or n
-        eager = needs_grad and lean and chunk < n and not target_grad
+                                  pixels=prediction.shape[-2] * prediction.shape[-1])
 
         def terms_of(rows_input: torch.Tensor, rows: slice) -> dict[str, torch.Tensor]:
             maps = self._paired_maps(rows_input, target, rows, n)
             return feature_terms(self.recipe, maps, TORCH_OPS, rows_input.shape[0],
                                  self._cached_style)
 
+        if chunk is None:  # the whole batch; no Python arithmetic on N (compiled: dynamic N)
+            return terms_of(prediction, slice(None)), None
+        chunk = min(chunk, n)
+        eager = needs_grad and lean and chunk < n and not target_grad
         return run_chunks(prediction, chunk, terms_of, eager_backward=eager)
 
     def _paired_maps(self, prediction: torch.Tensor, target: torch.Tensor | None, rows: slice,
@@ -505,7 +509,7 @@ class PerceptualLoss(nn.Module):
                     target_stream = None
             elif cached is not None and layer in cached:
                 t = cached[layer]
-                if cached["__image__"].shape[0] == whole and whole != 1:
+                if rows != slice(None) and cached["__image__"].shape[0] == whole and whole != 1:
                     per_image = t.shape[0] // whole  # this chunk's rows (channels per image)
                     t = t[rows.start * per_image: rows.stop * per_image]
             yield layer, p, t
@@ -581,15 +585,23 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
     check_image(target, "target")
     check_pair(prediction, target)
     check_option_names(options, "perceptual_loss")
-    if extractor is not None:
-        loss_fn = PerceptualLoss(extractor=extractor, layers=layers, **options)
-    else:
-        recipe = Recipe.create(backbone, layers, weights, **options)
-        loss_fn = _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
-                               check_channels_last(channels_last),
-                               check_chunk_size(chunk_size), str(prediction.device),
-                               prediction.dtype)
+    loss_fn = _functional_module(extractor, backbone, layers, weights, memory, channels_last,
+                                 chunk_size, prediction, options)
     return loss_fn(prediction, target)
+
+
+@torch.compiler.disable  # built eagerly, also inside a compiled function: never traced
+def _functional_module(extractor: FeatureExtractor | None, backbone: str, layers: Any,
+                       weights: Any, memory: str, channels_last: ChannelsLast,
+                       chunk_size: ChunkSize, prediction: torch.Tensor,
+                       options: dict[str, Any]) -> PerceptualLoss:
+    """The module :func:`perceptual_loss` calls: built around ``extractor``, or cached."""
+    if extractor is not None:
+        return PerceptualLoss(extractor=extractor, layers=layers, **options)
+    recipe = Recipe.create(backbone, layers, weights, **options)
+    return _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
+                        check_channels_last(channels_last), check_chunk_size(chunk_size),
+                        str(prediction.device), prediction.dtype)
 
 
 @functools.lru_cache(maxsize=8)

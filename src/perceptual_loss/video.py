@@ -38,7 +38,7 @@ from torch import nn
 
 from perceptual_loss._checks import Reduction, check_reduction, check_weight
 from perceptual_loss._chunked import _PrecomputedGradient
-from perceptual_loss.execution import ChunkSize, check_chunk_size, choose_chunk_size
+from perceptual_loss.execution import ChunkSize, check_chunk_size, choose_chunk_size, runs_lean
 from perceptual_loss.functional import TORCH_OPS, feature_distance, normalize_channels, reduce
 from perceptual_loss.losses import PerceptualLoss
 from perceptual_loss.metrics import LPIPS, UNIT_NORM_EPS
@@ -359,7 +359,7 @@ class VideoPerceptualLoss(nn.Module):
         n, frames = prediction.shape[:2]
         target_grad = target.requires_grad and torch.is_grad_enabled()
         needs_grad = torch.is_grad_enabled() and (prediction.requires_grad or target_grad)
-        lean = fx.memory == "lean"
+        lean = runs_lean(fx.memory)
         chunk = self._chunk_frames(prediction, needs_grad, lean)
         eager = needs_grad and lean and chunk is not None and chunk < frames and not target_grad
         if eager:
