@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from perceptual_loss import weights as weights_module
 from perceptual_loss.cli import cli
-from perceptual_loss.weights import WeightSpec, list_weights
+from perceptual_loss.weights import WeightSpec, get_weight_spec, list_weights
 
 
 @pytest.fixture
@@ -42,13 +42,22 @@ def test_list_shows_every_key_where_it_is_looked_for_and_presence(isolated_cache
     result = CliRunner().invoke(cli, ["weights", "list", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    medical = ["medicalnet_resnet10/medicalnet", "medicalnet_resnet10_23datasets/medicalnet",
-               "medicalnet_resnet50/medicalnet", "medicalnet_resnet50_23datasets/medicalnet",
+    assert sorted(row["key"] for row in rows) == list_weights()
+    # files without a published hash are registered local-only specs, listed like the others
+    medical = ["medicalnet_resnet10/medicalnet", "medicalnet_resnet10/medicalnet-23datasets",
+               "medicalnet_resnet50/medicalnet", "medicalnet_resnet50/medicalnet-23datasets",
                "radimagenet_resnet50/radimagenet"]
-    assert sorted(row["key"] for row in rows) == sorted(list_weights() + medical)
+    assert set(medical) <= set(list_weights())
+    assert all(get_weight_spec(key).local_only for key in medical)
     radimagenet = next(row for row in rows if row["key"] == medical[-1])
     assert radimagenet["searched"][0] == str(isolated_cache / "weights"
                                              / "RadImageNet-ResNet50_notop.pth")
+    assert radimagenet["searched"][-1].endswith("medicalnet/RadImageNet-ResNet50_notop.pth")
+    resnet10 = next(row for row in rows if row["key"] == medical[1])
+    assert resnet10["file"] == "medicalnet_resnet_10_23dataset.pth or resnet_10_23dataset.pth"
+    assert resnet10["searched"][:2] == [
+        str(isolated_cache / "weights" / "medicalnet_resnet_10_23dataset.pth"),
+        str(isolated_cache / "weights" / "resnet_10_23dataset.pth")]
     vgg16 = next(row for row in rows if row["key"] == "vgg16/imagenet")
     assert vgg16["present"] is False
     assert vgg16["searched"] == [
@@ -110,7 +119,14 @@ def test_fetch_local_file_is_verified_and_installed(isolated_cache, tiny_spec, t
 
 
 def test_fetch_unknown_name(isolated_cache):
-    result = CliRunner().invoke(cli, ["weights", "fetch", "resnet50"])
+    result = CliRunner().invoke(cli, ["weights", "fetch", "resnet18"])
     assert result.exit_code == 1
-    assert "unknown weights 'resnet50'" in result.stderr
+    assert "unknown weights 'resnet18'" in result.stderr
     assert "vgg16/imagenet" in result.stderr
+
+
+def test_fetch_of_a_local_only_file_says_where_to_get_it(isolated_cache):
+    result = CliRunner().invoke(cli, ["weights", "fetch", "medicalnet_resnet10/medicalnet"])
+    assert result.exit_code == 1
+    assert "cannot fetch medicalnet_resnet10/medicalnet (it has no published hash" in result.stderr
+    assert "github.com/Tencent/MedicalNet" in result.stderr

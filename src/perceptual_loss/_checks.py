@@ -31,6 +31,7 @@ __all__ = [
     "check_input_range",
     "check_pair",
     "check_positive_int",
+    "check_positive_number",
     "check_reduction",
     "check_values",
     "check_values_of",
@@ -92,6 +93,21 @@ def check_weight(name: str, value: object) -> float:
     return number
 
 
+def check_positive_number(name: str, value: object) -> float:
+    """Check that ``value`` is a finite number ``> 0`` (a stabiliser, a ratio) and return it.
+
+    Raises:
+        TypeError: Not a real number.
+        ValueError: Zero, negative, NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number > 0; got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return number
+
+
 def check_positive_int(name: str, value: object, *, allow_none: bool = False,
                        minimum: int = 1) -> int | None:
     """Check an option that counts something (a size, a chunk) and return it as int."""
@@ -125,15 +141,19 @@ def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------- images
-def check_image(x: object, name: str = "input") -> torch.Tensor:
+def check_image(x: object, name: str = "input", spatial_dims: int = 2) -> torch.Tensor:
     """Check that ``x`` is a floating-point image batch ``(N, C, H, W)``.
+
+    With ``spatial_dims=3`` a batch of volumes ``(N, C, D, H, W)`` is expected instead (3D
+    networks such as MedicalNet).
 
     Raises:
         TypeError: Not a tensor, or an integer/bool tensor (with how to convert it).
-        ValueError: Not 4-dimensional or empty.
+        ValueError: Not 4-dimensional (5 for volumes) or empty.
     """
+    layout = "(N, C, H, W)" if spatial_dims == 2 else "(N, C, D, H, W)"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W); "
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}; "
                         f"got {type(x).__name__}")
     if not torch.is_floating_point(x):
         raise TypeError(
@@ -141,7 +161,11 @@ def check_image(x: object, name: str = "input") -> torch.Tensor:
             f"{name}.float() / 255 for 8-bit images (then input_range=(0, 1)), or "
             f"{name}.float() with input_range=(0, 255)."
         )
-    if x.ndim != 4:
+    if spatial_dims == 3 and x.ndim != 5:
+        hint = (" This network is 3D: for 2D slices use a 2D network such as "
+                "'radimagenet_resnet50'." if x.ndim == 4 else "")
+        raise ValueError(f"{name} must have shape {layout}; got {tuple(x.shape)}.{hint}")
+    if spatial_dims == 2 and x.ndim != 4:
         hint = ""
         if x.ndim == 3:
             hint = (" One (C, H, W) image: x.unsqueeze(0); a batch of grayscale (N, H, W): "
@@ -152,7 +176,8 @@ def check_image(x: object, name: str = "input") -> torch.Tensor:
             hint = (" These networks compare 2D images; a 1D signal has no height and width "
                     "(reshape it only if it really is an image, e.g. x.view(1, 1, H, W)).")
         elif x.ndim == 5:
-            hint = " For 3D volumes (N, C, D, H, W) use perceptual_loss.volumes."
+            hint = (" For 3D volumes (N, C, D, H, W) use perceptual_loss.volumes, or a 3D "
+                    "backbone such as 'medicalnet_resnet10'.")
         raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(x.shape)}.{hint}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")

@@ -47,7 +47,9 @@ class FeatureExtractor(nn.Module):
     as ``conv5_4`` is never overwritten by the in-place ReLU that follows it.
 
     Args:
-        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``, ...), or a
+        backbone: Registered backbone name (``vgg11``..``vgg19``, ``*_bn``, ``alexnet``,
+            ``squeezenet1_1``, ``resnet50``, ``radimagenet_resnet50``, and the 3D
+            ``medicalnet_resnet10``/``medicalnet_resnet50``, which take volumes), or a
             network of your own (any ``nn.Module``): its ``named_modules()`` names are the
             layers, taps are taken by forward hooks and the forward stops after the last one;
             it is frozen and put in eval mode in place (pass a copy to keep yours trainable).
@@ -63,7 +65,9 @@ class FeatureExtractor(nn.Module):
             ``"per_channel"`` (each channel compared as its own grayscale image).
         resize: Resize inputs (bilinear) to this size before the backbone; ``None`` keeps them.
         normalization: Override the normalisation implied by the weights (``"imagenet"``,
-            ``"caffe"``, ``"lpips"``, ``"none"`` or a :class:`Normalization`).
+            ``"caffe"``, ``"lpips"``, ``"radimagenet"``, ``"zscore"``, ``"none"`` or a
+            :class:`Normalization`). Each registered network implies its own, also with
+            random weights (RadImageNet: BGR minus the mean; MedicalNet: z-score).
         check_values: Check inputs for NaN/Inf and for values outside ``input_range``. The
             check synchronises the device; turn it off for speed once inputs are trusted.
         progress: Show a progress bar if weights are downloaded.
@@ -82,8 +86,10 @@ class FeatureExtractor(nn.Module):
             (:class:`~perceptual_loss.backbones.pooling.L2Pool2d`).
 
     Shape:
-        - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``).
-        - Output: ``{layer: (N', C_l, H_l, W_l)}`` with ``N' = N`` (``N * C`` per channel).
+        - Input: ``(N, C, H, W)``, ``C`` in {1, 3} (any ``C`` with ``"per_channel"``); for a
+          3D network ``(N, C, D, H, W)`` volumes, ``C`` 1 (any with ``"per_channel"``).
+        - Output: ``{layer: (N', C_l, H_l, W_l)}`` (``(N', C_l, D_l, H_l, W_l)`` in 3D) with
+          ``N' = N`` (``N * C`` per channel).
 
     Example:
         >>> fx = FeatureExtractor("vgg11", layers=("relu1_1", "pool2"), weights=None)
@@ -126,12 +132,20 @@ class FeatureExtractor(nn.Module):
         self.check_values = check_values
         #: Names of the images already warned about (a prediction far outside the range, once).
         self.value_warnings: set[str] = set()
+        #: 2 for images, 3 for volumes (MedicalNet).
+        self.spatial_dims: int = self.spec.spatial_dims
+        if self.spatial_dims == 3 and resize is not None:
+            raise ValueError(f"resize= resizes 2D images; {self.spec.name} takes volumes: "
+                             "resample them before the loss and drop resize")
+        if self.spatial_dims == 3 and self.pooling != "max":
+            raise ValueError(f"pooling={self.pooling!r} replaces 2D max pooling; "
+                             f"{self.spec.name} is 3D: drop pooling")
         if isinstance(backbone, nn.Module):
             implied = self._hook_module(backbone, weights)
         else:
             implied = self._cut_trunk(weights, progress)
         self.preprocess = Preprocessor(normalization or implied, self.input_range,
-                                       channel_mode, resize)
+                                       channel_mode, resize, channels=self.spec.in_channels)
         self.normalization = self.preprocess.normalization
         if self.preprocess.resize is not None and min(self.preprocess.resize) < self.min_input_size:
             raise ValueError(
@@ -157,7 +171,9 @@ class FeatureExtractor(nn.Module):
             meta_body = nn.Sequential(*replace_pooling(
                 list(self.spec.build_features().children())[: deepest + 1], self.pooling))
         meta_body.eval()  # batch norm in eval mode accepts 1x1 maps
-        self.geometry: TrunkGeometry | None = TrunkGeometry(list(meta_body), self._taps)
+        self.geometry: TrunkGeometry | None = TrunkGeometry(
+            list(meta_body), self._taps, in_channels=self.spec.in_channels,
+            spatial_dims=self.spec.spatial_dims)
         self.min_input_size = self.geometry.min_input_size
         self.feature_info = {name: {"channels": tap.channels, "stride": tap.stride}
                              for name, tap in self.geometry.taps.items()}
@@ -208,8 +224,8 @@ class FeatureExtractor(nn.Module):
         Under ``torch.compile`` the layout is the compiler's (Inductor picks channels-last
         for convolutions itself): the module is not converted while it is being traced.
         """
-        if torch.compiler.is_compiling():
-            return False
+        if torch.compiler.is_compiling() or self.spatial_dims != 2:
+            return False  # channels_last is a 4D layout: volumes keep theirs
         wanted = choose_channels_last(self.channels_last, device, plain=self.memory == "plain")
         if wanted != self._layout_channels_last:
             self.body.to(memory_format=torch.channels_last if wanted
@@ -248,21 +264,29 @@ class FeatureExtractor(nn.Module):
         ``values=False`` leaves the NaN/Inf and range check (a device synchronisation) to the
         caller, which can check several images with one synchronisation.
         """
-        x = check_image(x, name)
+        x = check_image(x, name, self.spatial_dims)
         channels = x.shape[1]
+        if self.channel_mode == "repeat" and self.spec.in_channels == 1 and channels != 1:
+            raise ValueError(
+                f"{name} has {channels} channels; {self.spec.name} takes 1 (each channel of a "
+                "multi-channel volume goes through it on its own with "
+                "channel_mode='per_channel')."
+            )
         if self.channel_mode == "repeat" and channels not in (1, 3):
             raise ValueError(
                 f"{name} has {channels} channels; expected 1 (grayscale) or 3 (RGB). For RGBA "
                 "drop alpha (x[:, :3]); for other multi-channel images pass "
                 "channel_mode='per_channel'."
             )
-        size = self.preprocess.resize or tuple(x.shape[-2:])
+        size = self.preprocess.resize or tuple(x.shape[2:])
         if min(size) < self.min_input_size:
+            sides = "x".join(str(side) for side in size)
+            needed = "x".join([str(self.min_input_size)] * len(size))
             raise ValueError(
-                f"{name} of size {size[0]}x{size[1]} is too small for layer "
+                f"{name} of size {sides} is too small for layer "
                 f"{self.deepest_layer!r} of {self.spec.name}: it needs at least "
-                f"{self.min_input_size}x{self.min_input_size} pixels. Use shallower layers, "
-                "larger images, or resize=..."
+                f"{needed} pixels. Use shallower layers, larger images"
+                + (", or resize=..." if self.spatial_dims == 2 else ", or pad them")
             )
         param = next(self.body.parameters(), x)
         if x.device != param.device:

@@ -51,7 +51,8 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     product of large activations would lose precision or overflow.
 
     Args:
-        features: ``(N, C, H, W)``.
+        features: ``(N, C, H, W)``, or ``(N, C, D, H, W)`` (a 3D network's maps: normalised
+            by ``C * D * H * W``).
 
     Returns:
         ``(N, C, C)``: ``G[n, i, j] = sum_hw F[n, i, hw] F[n, j, hw] / (C * H * W)``.
@@ -67,8 +68,14 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
         Johnson et al., "Perceptual Losses for Real-Time Style Transfer and
         Super-Resolution", ECCV 2016 (the ``C * H * W`` normalisation).
     """
+    if features.ndim == 5:  # volumes: positions are D * H * W
+        n, c = features.shape[:2]
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            positions = features.shape[2] * features.shape[3] * features.shape[4]
+            return _Gram.apply(_float32(features).reshape(n, c, -1), False, c * positions)
     if features.ndim != 4:
-        raise ValueError(f"gram_matrix expects (N, C, H, W); got {tuple(features.shape)}")
+        raise ValueError(f"gram_matrix expects (N, C, H, W) or (N, C, D, H, W); got "
+                         f"{tuple(features.shape)}")
     n, c, h, w = features.shape
     with torch.autocast(device_type=features.device.type, enabled=False):
         features = _float32(features)
@@ -242,24 +249,27 @@ def total_variation(images: torch.Tensor, kind: Literal["l1", "l2"] = "l1") -> t
     """Total variation per sample: mean absolute (or squared) difference of neighbours.
 
     Args:
-        images: ``(N, C, H, W)`` with ``H, W >= 2``.
+        images: ``(N, C, H, W)`` with ``H, W >= 2``, or volumes ``(N, C, D, H, W)`` with
+            every side ``>= 2``.
         kind: ``"l1"`` (anisotropic TV) or ``"l2"`` (squared differences, as Johnson et al.).
 
     Returns:
-        ``(N,)``: mean over vertical differences plus mean over horizontal differences.
+        ``(N,)``: mean over vertical differences plus mean over horizontal differences (plus,
+        for volumes, the mean over differences along depth, first).
     """
-    if images.ndim != 4 or min(images.shape[-2:]) < 2:
-        raise ValueError(f"total_variation expects (N, C, H, W) with H, W >= 2; "
-                         f"got {tuple(images.shape)}")
-    dy = images[:, :, 1:, :] - images[:, :, :-1, :]
-    dx = images[:, :, :, 1:] - images[:, :, :, :-1]
-    if kind == "l1":
-        dy, dx = dy.abs(), dx.abs()
-    elif kind == "l2":
-        dy, dx = dy.pow(2), dx.pow(2)
-    else:
+    if images.ndim not in (4, 5) or min(images.shape[2:]) < 2:
+        raise ValueError(f"total_variation expects (N, C, H, W) (or (N, C, D, H, W)) with "
+                         f"every side >= 2; got {tuple(images.shape)}")
+    if kind not in ("l1", "l2"):
         raise ValueError(f"kind must be 'l1' or 'l2'; got {kind!r}")
-    return dy.flatten(1).mean(1) + dx.flatten(1).mean(1)
+    total = None
+    for axis in range(2, images.ndim):
+        difference = images.diff(dim=axis)
+        difference = difference.abs() if kind == "l1" else difference.pow(2)
+        mean = difference.flatten(1).mean(1)
+        total = mean if total is None else total + mean
+    assert total is not None
+    return total
 
 
 def reduce(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:

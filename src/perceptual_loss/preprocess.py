@@ -1,9 +1,11 @@
 """From user images to backbone inputs: value range, channels, normalisation, resize.
 
-All images are ``(N, C, H, W)`` floats in a declared ``input_range``. The pipeline is:
-map the range to ``[0, 1]``, adapt the channels to the 3 the backbone expects, normalise the way
-the weights were trained (torchvision mean/std, Caffe BGR 0-255 mean subtraction, or LPIPS
-scaling), and optionally resize. Range mapping and normalisation are fused into one affine map.
+All images are ``(N, C, H, W)`` (or volumes ``(N, C, D, H, W)``) floats in a declared
+``input_range``. The pipeline is: map the range to ``[0, 1]``, adapt the channels to the ones
+the backbone expects (3, or 1 for MedicalNet), normalise the way the weights were trained
+(torchvision mean/std, Caffe BGR 0-255 mean subtraction, LPIPS scaling, RadImageNet's BGR minus
+the mean, or MedicalNet's z-score), and optionally resize. Range mapping and an affine
+normalisation are fused into one affine map.
 """
 
 from __future__ import annotations
@@ -21,14 +23,21 @@ __all__ = [
     "NORMALIZATIONS",
     "ChannelMode",
     "Normalization",
+    "ZSCORE_EPS",
     "Preprocessor",
     "adapt_channels",
     "affine_parameters",
     "as_size",
     "get_normalization",
+    "zscore_intensity",
 ]
 
 ChannelMode = Literal["repeat", "per_channel"]
+ZScore = Literal["batch", "volume"]
+
+#: Added to the variance of the z-score (in units of the declared range mapped to [0, 1]):
+#: a constant volume gives 0 instead of MONAI's NaN; negligible for any real volume.
+ZSCORE_EPS = 1e-5
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class Normalization:
         std: Per-channel divisor in the backbone's channel order and scale.
         scale: Factor applied to ``[0, 1]`` values first (255 for Caffe weights).
         bgr: Whether the backbone takes BGR channel order.
+        zscore: ``None`` for the affine map above, or ``"batch"``/``"volume"``: the
+            ``[0, 1]`` values z-scored instead (MedicalNet; see :func:`zscore_intensity`).
     """
 
     name: str
@@ -51,6 +62,7 @@ class Normalization:
     std: tuple[float, float, float]
     scale: float = 1.0
     bgr: bool = False
+    zscore: ZScore | None = None
 
 
 def _lpips_normalization() -> Normalization:
@@ -70,6 +82,11 @@ NORMALIZATIONS: dict[str, Normalization] = {
                            scale=255.0, bgr=True),
     "lpips": _lpips_normalization(),
     "none": Normalization("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    # RadImageNet's Keras training: BGR, minus the ImageNet mean in BGR order, no scaling.
+    "radimagenet": Normalization("radimagenet", (0.406, 0.456, 0.485), (1.0, 1.0, 1.0),
+                                 bgr=True),
+    # MedicalNet (as MONAI feeds it): one mean and std over the whole batch tensor.
+    "zscore": Normalization("zscore", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), zscore="batch"),
 }
 
 
@@ -100,28 +117,33 @@ def get_normalization(name: str | Normalization | Sequence[Sequence[float]]) -> 
         ) from None
 
 
-def adapt_channels(x: torch.Tensor, mode: ChannelMode = "repeat") -> torch.Tensor:
-    """Give ``x`` the 3 channels a backbone expects.
+def adapt_channels(x: torch.Tensor, mode: ChannelMode = "repeat", channels: int = 3
+                   ) -> torch.Tensor:
+    """Give ``x`` the channels a backbone expects (3, or 1 for single-channel networks).
 
     Args:
-        x: ``(N, C, H, W)``.
-        mode: ``"repeat"``: 3 channels pass through, 1 channel (grayscale, CT, MRI) is repeated
-            to 3; anything else is an error. ``"per_channel"``: each of the ``C`` channels is
-            treated as its own grayscale image, giving ``(N * C, 3, H, W)``; reshape the
-            results back with ``view(N, C, ...)``.
+        x: ``(N, C, H, W)`` (or ``(N, C, D, H, W)``).
+        mode: ``"repeat"``: ``channels`` channels pass through, 1 channel (grayscale, CT, MRI)
+            is repeated to 3; anything else is an error. ``"per_channel"``: each of the ``C``
+            channels is treated as its own grayscale image, giving ``(N * C, channels, ...)``;
+            reshape the results back with ``view(N, C, ...)``.
+        channels: What the backbone takes: 3 (RGB) or 1.
 
     Returns:
-        ``(N, 3, H, W)`` or, in ``"per_channel"`` mode, ``(N * C, 3, H, W)``.
+        ``(N, channels, ...)`` or, in ``"per_channel"`` mode, ``(N * C, channels, ...)``.
     """
-    n, c, h, w = x.shape
+    n, c, *spatial = x.shape
     if mode == "per_channel":
-        return x.reshape(n * c, 1, h, w).expand(n * c, 3, h, w)
+        return x.reshape(n * c, 1, *spatial).expand(n * c, channels, *spatial)
     if mode != "repeat":
         raise ValueError(f"channel_mode must be 'repeat' or 'per_channel'; got {mode!r}")
-    if c == 3:
+    if c == channels:
         return x
     if c == 1:
-        return x.expand(n, 3, h, w)
+        return x.expand(n, channels, *spatial)
+    if channels == 1:
+        raise ValueError(f"this network takes 1 channel; got {c}: pass "
+                         "channel_mode='per_channel' to compare each channel on its own")
     raise ValueError(
         f"expected images with 1 (grayscale) or 3 (RGB) channels; got {c}. For RGBA drop the "
         "alpha channel (x[:, :3]); for other multi-channel images (e.g. multi-echo MRI) pass "
@@ -169,11 +191,12 @@ class Preprocessor(nn.Module):
     def __init__(self, normalization: str | Normalization = "imagenet",
                  input_range: tuple[float, float] = (0.0, 1.0),
                  channel_mode: ChannelMode = "repeat",
-                 resize: int | Sequence[int] | None = None) -> None:
+                 resize: int | Sequence[int] | None = None, *, channels: int = 3) -> None:
         super().__init__()
         self.normalization = get_normalization(normalization)
         self.input_range = input_range
         self.channel_mode = channel_mode
+        self.channels = channels
         if channel_mode not in ("repeat", "per_channel"):
             raise ValueError(
                 f"channel_mode must be 'repeat' or 'per_channel'; got {channel_mode!r}")
@@ -185,13 +208,46 @@ class Preprocessor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocess ``x``; see the class docstring for shapes."""
-        x = adapt_channels(x, self.channel_mode)
+        x = adapt_channels(x, self.channel_mode, self.channels)
+        if self.normalization.zscore is not None:
+            low, high = self.input_range
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = x if x.dtype == torch.float64 else x.float()
+                return zscore_intensity((x - low) / (high - low), self.normalization.zscore)
         if self.normalization.bgr:
             x = x.flip(1)
         x = (x - self.shift.to(x.dtype)) / self.divisor.to(x.dtype)
         if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
         return x
+
+
+def zscore_intensity(volume: torch.Tensor, mode: ZScore = "batch",
+                     eps: float = ZSCORE_EPS) -> torch.Tensor:
+    """Z-score intensities as MONAI does for MedicalNet, with a guard for constant volumes.
+
+    Args:
+        volume: ``(N, C, D, H, W)`` (any shape for ``"batch"``).
+        mode: ``"batch"`` (MONAI): one mean and one standard deviation over the whole tensor,
+            all samples and channels together, so a sample's value depends on the rest of the
+            batch. ``"volume"``: one mean/std per sample and channel.
+        eps: ``std = sqrt(var + eps^2)`` (unbiased variance, as ``torch.std``).
+
+    Returns:
+        float32 (float64 stays float64) tensor of ``volume``'s shape.
+
+    Example:
+        >>> z = zscore_intensity(torch.arange(8.0).view(1, 1, 2, 2, 2))
+        >>> round(float(z.mean()), 6), round(float(z.std()), 4)
+        (0.0, 1.0)
+    """
+    if mode not in ("batch", "volume"):
+        raise ValueError(f"mode must be 'batch' or 'volume'; got {mode!r}")
+    x = volume if volume.dtype == torch.float64 else volume.float()
+    dims = tuple(range(x.ndim)) if mode == "batch" else tuple(range(2, x.ndim))
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps * eps)
 
 
 def as_size(resize: int | Sequence[int] | None) -> tuple[int, int] | None:

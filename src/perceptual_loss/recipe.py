@@ -256,6 +256,11 @@ class Recipe:
         if not recipe.feature_layers and not recipe.has_pixel_terms:
             raise ValueError("nothing to compute: give layers, style_layers or a pixel term "
                              "(pixel_mse, pixel_l1, ssim_weight, tv_weight)")
+        if recipe.ssim_weight and isinstance(backbone, str) and get_backbone(
+                backbone).spatial_dims == 3:
+            raise ValueError(f"ssim_weight is 2D SSIM, but {backbone!r} takes volumes "
+                             "(N, C, D, H, W): drop ssim_weight, or score 2D slices with "
+                             "perceptual_loss.volumes.VolumePerceptualLoss")
         return recipe
 
     def replace(self, **changes: Any) -> Recipe:

@@ -11,6 +11,10 @@ hash, and the input normalisation it was trained with. A registry key such as
 3. a download from the official URL (or ``$PERCEPTUAL_LOSS_MIRROR/<file>``) into the torch hub
    cache, its hash checked before the file is used, unless ``PERCEPTUAL_LOSS_OFFLINE=1``.
 
+Files without a published hash (RadImageNet's, MedicalNet's) are *local-only* specs: they are
+listed and looked for in the same folders (and in the hub folders MONAI and MedicalNet use, see
+:attr:`WeightSpec.hub_folders`), but never downloaded.
+
 A file that is missing, corrupt or of the wrong network is refused with an error that names
 it; random weights are used only when asked for with ``weights=None``. They are drawn from a
 fixed seed, :data:`RANDOM_WEIGHTS_SEED`, so every build, every process of a ``torchrun`` job
@@ -56,6 +60,7 @@ __all__ = [
     "WeightsNotFoundError",
     "build_random",
     "build_trunk",
+    "candidate_paths",
     "check_tensor_values",
     "find_weight_spec",
     "get_weight_spec",
@@ -95,12 +100,18 @@ class WeightSpec:
         filename: File name, the same as the official one (torchvision, Keras).
         url: Official download URL.
         file_format: ``"torch"`` (a torchvision state dict) or ``"keras_h5"``.
-        hash_algorithm: ``"sha256"`` (``hash_value`` is a hex prefix, as torch hub checks) or
-            ``"md5"`` (the full hex digest Keras checks).
-        hash_value: Expected digest or digest prefix, lower-case hex.
-        normalization: Input normalisation the weights were trained with: ``"imagenet"``
-            (RGB, mean/std) or ``"caffe"`` (BGR, 0-255, mean subtraction).
+        hash_algorithm: ``"sha256"`` (``hash_value`` is a hex prefix, as torch hub checks),
+            ``"md5"`` (the full hex digest Keras checks) or ``"none"`` (no published hash: a
+            local-only file, never downloaded).
+        hash_value: Expected digest or digest prefix, lower-case hex (``""`` for ``"none"``).
+        normalization: Input normalisation the weights were trained with, a name in
+            :data:`perceptual_loss.preprocess.NORMALIZATIONS`: ``"imagenet"`` (RGB,
+            mean/std), ``"caffe"`` (BGR, 0-255, mean subtraction), ``"radimagenet"``,
+            ``"zscore"``.
         license: Licence of the weights as published.
+        other_filenames: Other names the same file is published under (looked for too).
+        hub_folders: Folders of the torch hub directory searched besides ``checkpoints``
+            (``monai_checkpoints``: where MONAI keeps its downloads).
     """
 
     key: str
@@ -108,10 +119,22 @@ class WeightSpec:
     filename: str
     url: str
     file_format: Literal["torch", "keras_h5"]
-    hash_algorithm: Literal["sha256", "md5"]
+    hash_algorithm: Literal["sha256", "md5", "none"]
     hash_value: str
     normalization: str
     license: str
+    other_filenames: tuple[str, ...] = ()
+    hub_folders: tuple[str, ...] = ()
+
+    @property
+    def local_only(self) -> bool:
+        """Whether the file has no published hash, so it is never downloaded."""
+        return self.hash_algorithm == "none"
+
+    @property
+    def filenames(self) -> tuple[str, ...]:
+        """Every name the file is looked for under, the registered one first."""
+        return (self.filename, *self.other_filenames)
 
 
 _REGISTRY: Registry[WeightSpec] = Registry("weights")
@@ -145,8 +168,8 @@ for _backbone, _file in (
     ("vgg19_bn", "vgg19_bn-c79401a0.pth"),
     ("alexnet", "alexnet-owt-7be5be79.pth"),
     ("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth"),
-    # ResNet50 (perceptual_loss.medical): IMAGENET1K_V1, and V2 (torchvision's default, what
-    # MONAI's resnet50 loads) under "imagenet-v2".
+    # ResNet50: IMAGENET1K_V1, and V2 (torchvision's default, what MONAI's resnet50 loads)
+    # under "imagenet-v2".
     ("resnet50", "resnet50-0676ba61.pth"),
     ("resnet50", "resnet50-11ad3fa6.pth"),
 ):
@@ -181,16 +204,51 @@ for _backbone, _md5 in (
     ))
 
 
+_HF_CHECKPOINTS = "https://huggingface.co/MONAI/checkpoints"
+_MEDICALNET = "https://github.com/Tencent/MedicalNet"
+_LOCAL_ONLY_LICENSE = "see the publisher (not downloaded: no published hash)"
+_MEDICAL_HUB_FOLDERS = ("monai_checkpoints", "medicalnet")
+# Files without a published hash: listed and looked for, never downloaded. (backbone, name,
+# file names, normalisation, where they are published)
+for _backbone, _name, _files, _normalization, _where in (
+    ("radimagenet_resnet50", "radimagenet", ("RadImageNet-ResNet50_notop.pth",), "radimagenet",
+     f"{_HF_CHECKPOINTS} (RadImageNet-ResNet50_notop.pth)"),
+    ("medicalnet_resnet10", "medicalnet", ("resnet_10.pth",), "zscore",
+     f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
+    ("medicalnet_resnet10", "medicalnet-23datasets",
+     ("medicalnet_resnet_10_23dataset.pth", "resnet_10_23dataset.pth"), "zscore",
+     f"{_HF_CHECKPOINTS} (medicalnet_resnet_10_23dataset.pth) or {_MEDICALNET} "
+     "(pretrain/resnet_10_23dataset.pth)"),
+    ("medicalnet_resnet50", "medicalnet", ("resnet_50.pth",), "zscore",
+     f"{_MEDICALNET} (pretrain/resnet_50.pth)"),
+    ("medicalnet_resnet50", "medicalnet-23datasets",
+     ("medicalnet_resnet50_23datasets.pth", "resnet_50_23dataset.pth"), "zscore",
+     f"{_HF_CHECKPOINTS} (medicalnet_resnet50_23datasets.pth) or {_MEDICALNET} "
+     "(pretrain/resnet_50_23dataset.pth)"),
+):
+    register_weights(WeightSpec(
+        key=f"{_backbone}/{_name}", backbone=_backbone, filename=_files[0], url=_where,
+        file_format="torch", hash_algorithm="none", hash_value="", normalization=_normalization,
+        license=_LOCAL_ONLY_LICENSE, other_filenames=_files[1:], hub_folders=_MEDICAL_HUB_FOLDERS,
+    ))
+
+
 def search_folders(spec: WeightSpec) -> list[Path]:
     """Folders searched for ``spec.filename``, in order, before any download."""
     folders: list[Path] = []
     if os.environ.get(ENV_WEIGHTS_DIR):
         folders.append(Path(os.environ[ENV_WEIGHTS_DIR]).expanduser())
     folders.append(_hub_checkpoints())
+    folders += [Path(torch.hub.get_dir()) / name for name in spec.hub_folders]
     if spec.file_format == "keras_h5":
         keras_home = os.environ.get("KERAS_HOME", str(Path("~/.keras").expanduser()))
         folders.append(Path(keras_home) / "models")
     return folders
+
+
+def candidate_paths(spec: WeightSpec) -> list[Path]:
+    """Every path ``spec``'s file is looked for at, in order: each folder, each of its names."""
+    return [folder / name for folder in search_folders(spec) for name in spec.filenames]
 
 
 def _hub_checkpoints() -> Path:
@@ -228,11 +286,21 @@ def resolve_weight_file(spec: WeightSpec | str, *, download: bool = True,
     if isinstance(spec, str):
         spec = get_weight_spec(spec)
     folders = search_folders(spec)
-    for folder in folders:
-        candidate = folder / spec.filename
+    for candidate in candidate_paths(spec):
         if candidate.is_file():
             verify_file(candidate, spec)
             return candidate
+    if spec.local_only:
+        places = "; ".join(str(folder) for folder in folders)
+        raise WeightsNotFoundError(
+            f"weights of {spec.backbone!r} ({spec.key!r}) not found: no "
+            f"{' or '.join(spec.filenames)} in {places}. They are not downloaded automatically "
+            f"(no published hash): get the file from {spec.url}, put it in one of those folders "
+            f"(or point {ENV_WEIGHTS_DIR} at it) or pass its path; weights=None gives random "
+            "weights.",
+            key=spec.key, weights_file=spec.filename, url=spec.url, folders=tuple(folders),
+            reason="absent",
+        )
     url = download_url(spec)
     reason, why = "", "absent"
     if download and not _offline():
@@ -264,6 +332,8 @@ def verify_file(path: Path, spec: WeightSpec) -> None:
     Raises:
         WeightsIntegrityError: The digest does not match; the message names the file.
     """
+    if spec.local_only:
+        return  # no published hash to check against; the keys and values are checked on load
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo in _VERIFIED:
@@ -538,7 +608,7 @@ def load_weights_into(features: nn.Sequential, backbone: BackboneSpec,
         path = choice.path
         is_h5 = is_keras_file(path)  # .h5, .weights.h5, .keras (or their content)
         file_format = "keras_h5" if is_h5 else "torch"
-        normalization = "caffe" if is_h5 else "imagenet"
+        normalization = "caffe" if is_h5 else backbone.normalization
     if file_format == "keras_h5":
         expected = {key: tuple(value.shape) for key, value in features.state_dict().items()}
         state = keras_to_state_dict(read_keras_h5(path), backbone.layer_names,
@@ -586,7 +656,8 @@ def build_trunk(backbone: BackboneSpec, weights: str | os.PathLike[str] | None, 
         the weights were trained with.
     """
     if is_random(weights):
-        return build_random(backbone.build_features), "random (weights=None)", "imagenet"
+        return (build_random(backbone.build_features), "random (weights=None)",
+                backbone.normalization)
     with torch.device("meta"):  # no random initialisation that the file overwrites anyway
         trunk = backbone.build_features()
     trunk = trunk.to_empty(device="cpu")
@@ -604,6 +675,8 @@ def _features_state(state: dict[str, torch.Tensor], backbone: BackboneSpec, path
     checked strictly as a trunk's.
     """
     prefix = backbone.features_prefix
+    if not prefix:
+        return _own_keys_state(state, backbone, path)
     if not any(key.startswith(prefix) for key in state):
         return state  # trunk only: checked strictly when loaded
     if all(key.startswith(prefix) for key in state):
@@ -614,3 +687,34 @@ def _features_state(state: dict[str, torch.Tensor], backbone: BackboneSpec, path
                  {k: tuple(v.shape) for k, v in state.items()}, path, backbone.name)
     check_tensor_values(state, path, {k: torch.is_floating_point(v) for k, v in reference.items()})
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _own_keys_state(state: dict[str, torch.Tensor], backbone: BackboneSpec, path: Path
+                    ) -> dict[str, torch.Tensor]:
+    """The trunk's part of a file whose keys are the network's own (ResNets).
+
+    ``"module."`` prefixes (``DataParallel``, MedicalNet's files) are dropped; a full file's
+    head (torchvision's ``fc``) is checked and left out, or may be absent altogether (a trunk
+    file); batch-norm ``num_batches_tracked`` counters may be missing (old files), as torch
+    allows, and are then zero.
+    """
+    state = {_without_module_prefix(key): value for key, value in state.items()}
+    with torch.device("meta"):
+        full = backbone.build().state_dict()
+        trunk = backbone.build_features().state_dict()
+    optional = {key for key in full if key.endswith("num_batches_tracked")}
+    head = set(full) - set(trunk)
+    if not any(key in state for key in head):
+        optional |= head  # a trunk-only file
+    check_shapes({k: tuple(v.shape) for k, v in full.items()},
+                 {k: tuple(v.shape) for k, v in state.items()}, path, backbone.name,
+                 optional=optional)
+    check_tensor_values(state, path, {k: not k.endswith("num_batches_tracked") for k in state})
+    return {key: state[key] if key in state else torch.zeros((), dtype=torch.long)
+            for key in trunk}
+
+
+def _without_module_prefix(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key

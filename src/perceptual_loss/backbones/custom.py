@@ -38,12 +38,16 @@ class ModuleSpec:
         layer_names: ``named_modules()`` names, in registration order.
         aliases: Always empty (there are no other spellings).
         weights: Always empty (the module brings its own parameters).
+        in_channels: 3: the module takes RGB images.
+        spatial_dims: 2: the module takes ``(N, 3, H, W)`` images.
     """
 
     name: str
     layer_names: tuple[str, ...]
     aliases: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    in_channels: int = 3
+    spatial_dims: int = 2
 
     @classmethod
     def of(cls, module: nn.Module) -> ModuleSpec:

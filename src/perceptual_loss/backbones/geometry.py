@@ -74,13 +74,14 @@ def _windows(module: nn.Module) -> list[tuple[int, int, int, int]]:
     return windows
 
 
-def _fits(modules: Sequence[nn.Module], size: int) -> bool:
-    """Whether a ``size`` x ``size`` image passes through ``modules`` (shapes only)."""
-    x = torch.empty(1, 3, size, size, device="meta")
+def _fits(modules: Sequence[nn.Module], size: int, channels: int = 3,
+          spatial_dims: int = 2) -> bool:
+    """Whether a ``size`` x ``size`` image (or cube) passes through ``modules`` (shapes only)."""
+    x = torch.empty(1, channels, *(size,) * spatial_dims, device="meta")
     try:
         for module in modules:
             x = module(x)
-            if min(x.shape[-2:]) < 1:
+            if min(x.shape[2:]) < 1:
                 return False
     except RuntimeError:
         return False
@@ -94,27 +95,31 @@ class TrunkGeometry:
         meta_modules: The trunk's modules up to the deepest tap, on the ``meta`` device and in
             eval mode (batch norm in eval mode accepts 1x1 maps).
         taps: ``{module index: layer name}``.
+        in_channels: Channels of the trunk's input.
+        spatial_dims: 2 for images, 3 for volumes (probed with cubes).
 
     Attributes:
         min_input_size: Smallest square input side every module accepts.
         taps: ``{layer name: TapGeometry}`` in depth order.
     """
 
-    def __init__(self, meta_modules: Sequence[nn.Module], taps: Mapping[int, str]) -> None:
+    def __init__(self, meta_modules: Sequence[nn.Module], taps: Mapping[int, str], *,
+                 in_channels: int = 3, spatial_dims: int = 2) -> None:
         self._modules = list(meta_modules)
+        self._input = (in_channels, spatial_dims)
         self._taps = dict(sorted(taps.items()))
         self.min_input_size = self._min_input_size()
         self.taps: dict[str, TapGeometry] = self._describe()
 
     def _min_input_size(self) -> int:
         low, high = 1, 8
-        while not _fits(self._modules, high):
+        while not _fits(self._modules, high, *self._input):
             low, high = high + 1, high * 2
             if high > _MAX_PROBE_SIZE:
                 raise ValueError(f"no input size up to {_MAX_PROBE_SIZE} fits this backbone")
         while low < high:
             mid = (low + high) // 2
-            if _fits(self._modules, mid):
+            if _fits(self._modules, mid, *self._input):
                 high = mid
             else:
                 low = mid + 1
@@ -150,7 +155,8 @@ class TrunkGeometry:
         return [(h, w) for _, h, w in self._probe(height, width)]
 
     def _probe(self, height: int, width: int) -> list[tuple[int, int, int]]:
-        x = torch.empty(1, 3, height, width, device="meta")
+        channels, spatial_dims = self._input
+        x = torch.empty(1, channels, *(height,) * (spatial_dims - 1), width, device="meta")
         shapes = []
         for index, module in enumerate(self._modules):
             x = module(x)

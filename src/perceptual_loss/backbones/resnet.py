@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -37,10 +38,12 @@ __all__ = [
     "BottleneckForward",
     "RESNET50_BLOCKS",
     "RESNET50_PARAMETERS",
+    "RESNET_LAYER_NAMES",
     "Bottleneck",
     "ResNet2d",
     "radimagenet_resnet50",
     "resnet50",
+    "resnet_trunk",
 ]
 
 RESNET50_BLOCKS: Final[tuple[int, int, int, int]] = (3, 4, 6, 3)
@@ -49,7 +52,22 @@ RESNET50_BLOCKS: Final[tuple[int, int, int, int]] = (3, 4, 6, 3)
 RESNET50_PARAMETERS: Final[int] = 25_557_032
 """Parameters of torchvision's ResNet50 with its 1000-class head (weights and biases)."""
 
+RESNET_LAYER_NAMES: Final[tuple[str, ...]] = (
+    "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+"""The trunk's modules in order, by their own names (2D and MedicalNet's 3D ResNets alike)."""
+
 Layout = Literal["torchvision", "keras"]
+
+
+def resnet_trunk(network: nn.Module) -> nn.Sequential:
+    """The trunk of a ResNet (``conv1`` ... ``layer4``) as a sequence of its own modules.
+
+    The modules are shared, not copied, and keep their names, so the sequence's state-dict keys
+    are the network's (``layer1.0.conv1.weight``): a published file loads into it strictly.
+    Running it in order is the network's ``forward`` up to ``layer4``.
+    """
+    return nn.Sequential(OrderedDict((name, getattr(network, name))
+                                     for name in RESNET_LAYER_NAMES))
 
 
 class BottleneckForward(nn.Module):

@@ -41,14 +41,14 @@ def _resolve_name(name: str) -> WeightSpec:
 
 
 def _status(spec: WeightSpec) -> dict[str, Any]:
-    from perceptual_loss.weights import search_folders
+    from perceptual_loss.weights import candidate_paths
 
-    candidates = [folder / spec.filename for folder in search_folders(spec)]
+    candidates = candidate_paths(spec)
     present = next((path for path in candidates if path.is_file()), None)
     return {
         "key": spec.key,
         "backbone": spec.backbone,
-        "file": spec.filename,
+        "file": " or ".join(spec.filenames),
         "format": spec.file_format,
         "normalization": spec.normalization,
         "url": spec.url,
@@ -73,19 +73,20 @@ def weights() -> None:
 @click.option("--backbone", default=None, help="Only the weights of this backbone.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(backbone: str | None, as_json: bool) -> None:
-    """Show every registered weights file, where it is looked for, and whether it is there."""
+    """Show every registered weights file, where it is looked for, and whether it is there.
+
+    Files without a published hash (RadImageNet, MedicalNet) are listed too: they are never
+    downloaded, only looked for.
+    """
     from perceptual_loss.backbones import get_backbone, list_backbones
-    from perceptual_loss.medical import MEDICAL_NETWORKS, local_weight_files
     from perceptual_loss.weights import get_weight_spec, list_weights
 
     specs = [get_weight_spec(key) for key in list_weights()]
-    if backbone is not None and backbone not in MEDICAL_NETWORKS:
+    if backbone is not None:
         if backbone not in list_backbones():
             get_backbone(backbone)  # unknown names fail with the list of known ones
         specs = [spec for spec in specs if spec.backbone == backbone]
     rows = [_status(spec) for spec in specs]
-    rows += [row for row in local_weight_files()
-             if backbone is None or row["backbone"] == backbone]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -152,8 +153,12 @@ def fetch(names: tuple[str, ...], local_file: Path | None) -> None:
             path = resolve_weight_file(spec, download=True)
         except WeightsNotFoundError as error:
             # The generic advice would be this very command: say how to get the file instead.
-            why = ("downloads are off: PERCEPTUAL_LOSS_OFFLINE is set"
-                   if "Downloads are off" in str(error) else "the download failed: no internet?")
+            if spec.local_only:
+                why = "it has no published hash, so it is never downloaded"
+            elif error.reason == "offline":
+                why = "downloads are off: PERCEPTUAL_LOSS_OFFLINE is set"
+            else:
+                why = "the download failed: no internet?"
             fail(f"cannot fetch {spec.key} ({why}). Download {spec.url} on another machine, "
                  f"then install it with `perceptual weights fetch {spec.key} --file "
                  f"PATH/{spec.filename}`, or copy it into {search_folders(spec)[0]}")
