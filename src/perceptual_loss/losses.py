@@ -405,7 +405,9 @@ class PerceptualLoss(nn.Module):
         if target is None:
             self._check_image(prediction, "prediction", prediction=True)
         else:  # shapes, dtypes and devices first: the clearest message
-            check_pair(check_image(prediction, "prediction"), check_image(target, "target"))
+            dims = self.extractor.spatial_dims if self.extractor is not None else 2
+            check_pair(check_image(prediction, "prediction", dims),
+                       check_image(target, "target", dims))
             self._check_image(prediction, "prediction", values=False)
             self._check_image(target, "target", values=False)
             if self.recipe.check_values:
