@@ -4,6 +4,7 @@
 #     bash benchmarks/run.sh            # CPU, fp32, all configurations, two timing passes (about 40 min on 2 cores)
 #     bash benchmarks/run.sh --quick    # B=4 224x224 content only
 #     bash benchmarks/run.sh --device cuda --dtype bf16 --out benchmarks/RESULTS-cuda-bf16.md
+#     bash benchmarks/run.sh --compiled  # torch.compile and bf16 rows (RESULTS-compiled.md)
 #
 # The package runs from .venv (made by scripts/setup.sh). The peers (lpips, piq,
 # DISTS_pytorch) need torchvision; they get their own virtual environment, benchmarks/.venv
@@ -20,5 +21,10 @@ if [ ! -x benchmarks/.venv/bin/python ]; then
         || echo "the peers could not be installed: they are skipped"
 fi
 echo "load before: $(uptime)"
-.venv/bin/python benchmarks/bench.py "$@"
+if [ "${1:-}" = "--compiled" ]; then
+    shift
+    .venv/bin/python benchmarks/compiled.py "$@"
+else
+    .venv/bin/python benchmarks/bench.py "$@"
+fi
 echo "load after: $(uptime)"

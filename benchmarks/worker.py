@@ -6,8 +6,10 @@ Called by ``benchmarks/bench.py``; run by hand for a single measurement, e.g.::
         "batch": 4, "size": 224, "style": false, "phase": "time", "repeats": 3}'
 
 Phases:
-    ``time``: one warm-up call, then ``repeats`` timed calls (``loss(x, y).backward()`` in
-        train mode, ``loss(x, y)`` under ``torch.no_grad()`` in metric mode).
+    ``time``: one warm-up call (its time is ``warmup_s``: with ``"compile": true`` it holds
+        ``torch.compile``'s compilation), then ``repeats`` timed calls
+        (``loss(x, y).backward()`` in train mode, ``loss(x, y)`` under ``torch.no_grad()`` in
+        metric mode); ``"dtype": "bf16"`` runs them under bf16 autocast.
     ``memory``: the RSS high-water mark of the first call above the RSS right after
         construction (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from
         ``/proc/self/status``; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors
@@ -161,7 +163,7 @@ def build(cfg: dict) -> torch.nn.Module:
     if impl == "ours-dists":
         from perceptual_loss import DISTS
 
-        return DISTS(weights=None)
+        return DISTS(weights=None, short_side=None)  # full resolution, as DISTS_pytorch
     return _peer(cfg)
 
 
@@ -202,6 +204,8 @@ def run(cfg: dict) -> dict:
         return calibrate(device)
     amp = cfg.get("dtype", "fp32") == "bf16"
     loss_fn = build(cfg).to(device)
+    if cfg.get("compile"):
+        loss_fn = torch.compile(loss_fn)  # compiled in the warm-up call, timed apart
     n, size = cfg["batch"], cfg["size"]
     g = torch.Generator().manual_seed(0)
     target = torch.rand(n, 3, size, size, generator=g).to(device)
@@ -238,7 +242,9 @@ def run(cfg: dict) -> dict:
             step()
         result["flops"] = counter.get_total_flops()
         return result
+    t0 = time.perf_counter()
     step()  # warm-up (allocator, oneDNN/cuDNN primitives, layout of the weights, compilation)
+    result["warmup_s"] = time.perf_counter() - t0
     times = []
     for _ in range(int(cfg.get("repeats", 3))):
         t0 = time.perf_counter()
