@@ -105,7 +105,13 @@ def keras_data() -> dict[str, Any]:
     }
 
 
-NAMESPACES = {"tensors": tensors, "volumes": volumes, "keras": keras_data}
+def clips() -> dict[str, Any]:
+    """Video clips ``(N, T, C, H, W)`` in ``[0, 1]``; the prediction records gradients."""
+    return {"prediction": _rand(1, 4, 3, 32, 32, seed=30, grad=True),
+            "target": _rand(1, 4, 3, 32, 32, seed=31)}
+
+
+NAMESPACES = {"tensors": tensors, "volumes": volumes, "keras": keras_data, "clips": clips}
 
 
 def write_image_files(folder: Path) -> None:
