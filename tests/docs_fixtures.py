@@ -161,12 +161,15 @@ def write_weight_standin(name: str, folder: Path) -> tuple[str, str] | None:
 
     key = registry_key(name)
     if key in MEDICAL_NETWORKS:
-        spec = MEDICAL_NETWORKS[key]
-        path = folder / spec.filenames[0]
-        if not path.exists():
-            torch.save(build_random(spec.build).state_dict(), path)
-        return None
+        preset = MEDICAL_NETWORKS[key]
+        key = preset.spec.weights[preset.backbone_weights]
     spec = get_weight_spec(key)
+    if spec.local_only:
+        path = folder / spec.filename
+        if not path.exists():
+            trunk = build_random(get_backbone(spec.backbone).build_features)
+            torch.save(trunk.state_dict(), path)
+        return None
     path = folder / spec.filename
     if not path.exists():
         if spec.file_format == "keras_h5":

@@ -21,8 +21,8 @@ from perceptual_loss.medical import (
     MedicalPerceptualLoss,
     build_network,
     load_network_state,
-    zscore_intensity,
 )
+from perceptual_loss.preprocess import zscore_intensity
 from perceptual_loss.volumes import VolumePerceptualLoss, window_ct
 from perceptual_loss.weights import WeightsIntegrityError, WeightsNotFoundError
 
@@ -488,8 +488,9 @@ def test_resnet50_full_or_trunk_files_and_registry(tmp_path, one_thread):
     v2 = weights_module.get_weight_spec("resnet50/imagenet-v2")
     assert (v2.url, v2.hash_value) == ("https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
                                        "11ad3fa6")
-    assert not any(k.startswith(("radimagenet", "medicalnet"))
-                   for k in weights_module.list_weights())
+    # the RadImageNet and MedicalNet files are listed but local-only: never downloaded
+    assert all(weights_module.get_weight_spec(k).local_only for k in weights_module.list_weights()
+               if k.startswith(("radimagenet", "medicalnet")))
     # the default is what MONAI's resnet50 loads: torchvision's IMAGENET1K_V2 file
     with pytest.raises(WeightsNotFoundError, match="resnet50-11ad3fa6.pth"):
         MedicalPerceptualLoss("resnet50")

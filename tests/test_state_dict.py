@@ -76,10 +76,17 @@ def test_a_checkpoint_written_before_the_change_loads_its_frozen_tensors_checked
     model = _user_model()
     old = _old_checkpoint(model)
     assert any(k.startswith("dists.extractor.body.") for k in old)
-    assert any(k.startswith("medical.network.") for k in old)
+    assert any(k.startswith("medical.extractor.body.") for k in old)
     fresh = _user_model()
     result = fresh.load_state_dict(old, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+    # before the medical loss ran on the shared extractor its trunk was "medical.network."
+    older = {k.replace("medical.extractor.body.", "medical.network."): v for k, v in old.items()}
+    result = fresh.load_state_dict(older, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    key = next(k for k in older if k.startswith("medical.network."))
+    with pytest.raises(ValueError, match="differ from this module's own"):
+        fresh.load_state_dict({**older, key: older[key] + 1.0})
     changed = dict(old)
     key = next(k for k in old if k.startswith("lpips.extractor.body."))
     changed[key] = old[key] + 1.0

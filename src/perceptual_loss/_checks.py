@@ -29,6 +29,7 @@ __all__ = [
     "check_choice",
     "check_image",
     "check_input_range",
+    "check_min_size",
     "check_pair",
     "check_positive_int",
     "check_positive_number",
@@ -141,17 +142,19 @@ def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------- images
-def check_image(x: object, name: str = "input", spatial_dims: int = 2) -> torch.Tensor:
+def check_image(x: object, name: str = "input",
+                spatial_dims: int | tuple[int, ...] = 2) -> torch.Tensor:
     """Check that ``x`` is a floating-point image batch ``(N, C, H, W)``.
 
     With ``spatial_dims=3`` a batch of volumes ``(N, C, D, H, W)`` is expected instead (3D
-    networks such as MedicalNet).
+    networks such as MedicalNet); ``(2, 3)`` accepts either.
 
     Raises:
         TypeError: Not a tensor, or an integer/bool tensor (with how to convert it).
         ValueError: Not 4-dimensional (5 for volumes) or empty.
     """
-    layout = "(N, C, H, W)" if spatial_dims == 2 else "(N, C, D, H, W)"
+    allowed = (spatial_dims,) if isinstance(spatial_dims, int) else tuple(spatial_dims)
+    layout = " or ".join({2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}[d] for d in allowed)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}; "
                         f"got {type(x).__name__}")
@@ -161,13 +164,12 @@ def check_image(x: object, name: str = "input", spatial_dims: int = 2) -> torch.
             f"{name}.float() / 255 for 8-bit images (then input_range=(0, 1)), or "
             f"{name}.float() with input_range=(0, 255)."
         )
-    if spatial_dims == 3 and x.ndim != 5:
-        hint = (" This network is 3D: for 2D slices use a 2D network such as "
-                "'radimagenet_resnet50'." if x.ndim == 4 else "")
-        raise ValueError(f"{name} must have shape {layout}; got {tuple(x.shape)}.{hint}")
-    if spatial_dims == 2 and x.ndim != 4:
+    if x.ndim - 2 not in allowed:
         hint = ""
-        if x.ndim == 3:
+        if x.ndim == 4:
+            hint = (" This network is 3D. For 2D slices use 'radimagenet_resnet50' or "
+                    "'resnet50'.")
+        elif x.ndim == 3:
             hint = (" One (C, H, W) image: x.unsqueeze(0); a batch of grayscale (N, H, W): "
                     "x.unsqueeze(1).")
         elif x.ndim == 2:
@@ -178,7 +180,7 @@ def check_image(x: object, name: str = "input", spatial_dims: int = 2) -> torch.
         elif x.ndim == 5:
             hint = (" For 3D volumes (N, C, D, H, W) use perceptual_loss.volumes, or a 3D "
                     "backbone such as 'medicalnet_resnet10'.")
-        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(x.shape)}.{hint}")
+        raise ValueError(f"{name} must have shape {layout}; got {tuple(x.shape)}.{hint}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     return x
@@ -201,6 +203,20 @@ def check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:
             f"prediction and target must be on the same device; got {prediction.device} and "
             f"{target.device}. Move one with .to(other.device)."
         )
+
+
+def check_min_size(x: torch.Tensor, minimum: int, network: str, why: str) -> None:
+    """Check that every spatial side of ``x`` (``(N, C, *sides)``) is at least ``minimum``.
+
+    Raises:
+        ValueError: A side is smaller; the message gives the sizes, ``why`` and the fix.
+    """
+    sides = tuple(int(side) for side in x.shape[2:])
+    if min(sides) < minimum:
+        needed = "x".join([str(minimum)] * len(sides))
+        raise ValueError(
+            f"inputs of spatial size {'x'.join(map(str, sides))} are too small for {network!r}: "
+            f"it needs at least {needed} ({why}); pad or resize them")
 
 
 def value_role(x: torch.Tensor, *, prediction: bool = False) -> ValueRole:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -161,8 +162,10 @@ class FeatureExtractor(nn.Module):
         assert isinstance(self.spec, BackboneSpec)
         trunk, self.weights_source, implied = build_trunk(self.spec, weights, progress=progress)
         deepest = max(self.spec.layer_names.index(name) for name in self.layers)
-        self.body = nn.Sequential(*replace_pooling(list(trunk.children())[: deepest + 1],
-                                                   self.pooling))
+        names = [name for name, _ in trunk.named_children()][: deepest + 1]
+        kept = replace_pooling(list(trunk.children())[: deepest + 1], self.pooling)
+        # The modules keep the trunk's names (a ResNet's layer1 stays layer1).
+        self.body = nn.Sequential(OrderedDict(zip(names, kept, strict=True)))
         self.body.requires_grad_(False)
         self.body.eval()
         self._taps: dict[int, str] = {self.spec.layer_names.index(n): n for n in self.layers}

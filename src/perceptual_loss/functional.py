@@ -32,6 +32,7 @@ __all__ = [
     "ssim",
     "total_variation",
     "unit_difference",
+    "unit_feature_distance",
 ]
 
 Criterion = Literal["l1", "mse", "l2", "charbonnier"]
@@ -128,6 +129,41 @@ def normalize_channels(features: torch.Tensor, eps: float = 1e-10) -> torch.Tens
     with torch.autocast(device_type=features.device.type, enabled=False):
         f = _float32(features)
         return f * torch.rsqrt(f.pow(2).sum(dim=1, keepdim=True) + eps * eps)
+
+
+def unit_feature_distance(features_a: torch.Tensor, features_b: torch.Tensor, *,
+                          groups: int = 1, channel_wise: bool = False,
+                          eps: float = 1e-5) -> torch.Tensor:
+    """MONAI's perceptual distance: unit-length features, squared difference, mean position.
+
+    Each map's feature vectors are scaled to unit length over channels
+    (:func:`normalize_channels` with ``eps``; ``1e-5`` is MONAI's ``eps^2 = 1e-10``), the
+    squared difference is summed over channels and averaged over positions. This is the
+    unlearned LPIPS distance of one layer times its channel count.
+
+    Args:
+        features_a: ``(N, C, ...)`` maps (2D or 3D).
+        features_b: Maps of the same shape.
+        groups: Blocks of channels normalised together but reported apart with
+            ``channel_wise`` (a multi-channel volume through a single-channel network).
+        channel_wise: One value per block of ``C / groups`` channels.
+        eps: Stabiliser of the unit-length scaling.
+
+    Returns:
+        ``(N,)`` float32 (float64 stays float64), or ``(N, groups)`` with ``channel_wise``.
+
+    Example:
+        >>> a = torch.tensor([[[[1.0]], [[0.0]]]])
+        >>> b = torch.tensor([[[[0.0]], [[2.0]]]])
+        >>> unit_feature_distance(a, b, eps=0.0)
+        tensor([2.])
+    """
+    with torch.autocast(device_type=features_a.device.type, enabled=False):
+        diff = (normalize_channels(features_a, eps) - normalize_channels(features_b, eps)).pow(2)
+        n = diff.shape[0]
+        if channel_wise:
+            return diff.reshape(n, groups, diff.shape[1] // groups, -1).sum(2).mean(-1)
+        return diff.sum(1).reshape(n, -1).mean(1)
 
 
 def unit_difference(first: torch.Tensor, second: torch.Tensor,

@@ -511,7 +511,9 @@ def resolve_weights(weights: str | os.PathLike[str] | None, backbone: BackboneSp
         spec = _REGISTRY.get(text)
         if spec.backbone != backbone.name:
             raise ValueError(
-                f"weights {text!r} are for backbone {spec.backbone!r}, not {backbone.name!r}"
+                f"weights {text!r} are for another network, {spec.backbone!r}, not "
+                f"{backbone.name!r}: use one of its names ({', '.join(backbone.weights)}), a file "
+                "path or None"
             )
         return WeightsChoice("registry", spec=spec)
     path = Path(text).expanduser()
