@@ -99,11 +99,11 @@ def test_volumes_take_style_tv_and_pixel_terms_and_several_channels(one_thread):
     y = torch.rand(1, 2, 8, 8, 8, generator=gen)
     value, parts = loss(x, y, return_parts=True)
     assert set(parts) == {"content/layer1", "style/layer1", "pixel/l1", "tv"}
-    tv = sum((x.diff(dim=d).abs().flatten(1).mean(1) for d in (2, 3, 4)))
+    tv = sum(x.diff(dim=d).abs().flatten(1).mean(1) for d in (2, 3, 4))
     torch.testing.assert_close(parts["tv"], 0.1 * tv.detach())
     value.sum().backward()
     assert torch.isfinite(x.grad).all()
-    tv_y = sum((y.diff(dim=d).abs().flatten(1).mean(1) for d in (2, 3, 4)))
+    tv_y = sum(y.diff(dim=d).abs().flatten(1).mean(1) for d in (2, 3, 4))
     torch.testing.assert_close(loss(y, y), 0.1 * tv_y, rtol=1e-6, atol=1e-7)  # only TV left
 
 
