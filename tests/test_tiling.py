@@ -47,6 +47,24 @@ def test_tiled_gradients_equal_the_whole_image_and_per_channel_mode():
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-6 * xa.grad.abs().max())
 
 
+def test_tiles_keep_layer_weights_charbonnier_and_normalised_features_per_term():
+    """The tiled path computes through the recipe's own maps: every weight and option."""
+    torch.manual_seed(3)
+    options = {**OPTIONS, "criterion": "charbonnier", "normalize_features": True,
+               "layer_weights": (2.0, 0.5, 3.0, 0.25), "feature_weight": 1.5}
+    whole = PerceptualLoss(**options)
+    tiled = PerceptualLoss(**options, tile_size=96)
+    copy_frozen_weights(whole, tiled)
+    x, y = _pair(seed=4)
+    with torch.no_grad():
+        value, parts = tiled(x, y, return_parts=True)
+        expected, expected_parts = whole(x, y, return_parts=True)
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-7)
+    assert parts.keys() == expected_parts.keys()
+    for name in parts:
+        torch.testing.assert_close(parts[name], expected_parts[name], rtol=1e-5, atol=1e-8)
+
+
 def test_tiles_are_refused_with_style_and_when_too_small():
     with pytest.raises(ValueError, match="Gram matrices"):
         PerceptualLoss(**OPTIONS, style_layers=("relu1_1",), tile_size=128)

@@ -40,16 +40,17 @@ from perceptual_loss.execution import (
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import (
     TORCH_OPS,
-    feature_distance_map,
     gram_matrix,
     import_ssim,
     reduce,
     total_variation,
 )
 from perceptual_loss.recipe import (
+    RECIPE_OPTIONS,
     Recipe,
     RecipeOptions,
     check_option_names,
+    feature_distance_maps,
     feature_terms,
     pixel_terms,
 )
@@ -63,12 +64,10 @@ __all__ = ["PerceptualLoss", "TotalVariationLoss", "perceptual_loss"]
 #: Options that a given extractor fixes (they are the extractor's, not the loss's).
 _EXTRACTOR_OPTIONS = frozenset({"input_range", "channel_mode", "resize", "normalization",
                                 "check_values", "pooling"})
-#: Recipe fields a PerceptualLoss exposes as read-only attributes.
-_RECIPE_ATTRIBUTES = frozenset({
-    "layer_weights", "criterion", "normalize_features", "feature_weight", "style_weight",
-    "style_layer_weights", "style_criterion", "pixel_mse", "pixel_l1", "ssim_weight",
-    "tv_weight", "input_range", "check_values", "charbonnier_eps", "pooling",
-})
+#: Recipe fields a PerceptualLoss exposes as read-only attributes: every option of the recipe
+#: but those the class defines itself (properties) or that belong to its extractor's setup.
+_RECIPE_ATTRIBUTES = RECIPE_OPTIONS - {"style_layers", "resize", "channel_mode", "normalization",
+                                       "reduction"}
 
 
 class PerceptualLoss(nn.Module):
@@ -430,35 +429,26 @@ class PerceptualLoss(nn.Module):
 
     def _tiled_terms(self, prediction: torch.Tensor, target: torch.Tensor
                      ) -> dict[str, torch.Tensor]:
-        """Content terms of a large image, from maps stitched tile by tile."""
+        """Content terms of a large image, from maps stitched tile by tile.
+
+        Each tile's maps are the recipe's own (:func:`~perceptual_loss.recipe.
+        feature_distance_maps`: criterion, normalised features, layer and feature weights),
+        so the mean of a stitched map is the content term of the whole image.
+        """
         assert self.tiler is not None and self.extractor is not None
         fx, recipe = self.extractor, self.recipe
         target = target.expand_as(prediction)
-        channels: dict[str, int] = {}
 
         def tile_maps(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
-            maps: dict[str, torch.Tensor] = {}
-            for (layer, p), (_, t) in zip(fx.stream(a, "prediction", check=False),
-                                          fx.stream(b, "target", check=False), strict=True):
-                if recipe.normalize_features:
-                    p, t = TORCH_OPS.normalize(p), TORCH_OPS.normalize(t)
-                maps[layer] = feature_distance_map(p, t, recipe.criterion,
-                                                   eps=recipe.charbonnier_eps)
-                channels[layer] = p.shape[1]
-                del p, t
-            return [maps[layer] for layer in recipe.layers]
+            pairs = ((layer, p, t) for (layer, p), (_, t) in zip(
+                fx.stream(a, "prediction", check=False), fx.stream(b, "target", check=False),
+                strict=True))
+            return list(feature_distance_maps(recipe, pairs, TORCH_OPS, a.shape[0]).values())
 
-        n = prediction.shape[0]
-        batch = n * (prediction.shape[1] if recipe.channel_mode == "per_channel" else 1)
-        maps = self.tiler.maps(prediction, target, tile_maps, batch, self.tile_callback)
-        weights = dict(zip(recipe.layers, recipe.layer_weights, strict=True))
-        terms = {}
-        for layer, layer_map in zip(recipe.layers, maps, strict=True):
-            distance = layer_map.sum(dim=(1, 2, 3)) / (channels[layer] * layer_map.shape[-2]
-                                                       * layer_map.shape[-1])
-            terms[f"content/{layer}"] = (recipe.feature_weight * weights[layer]
-                                         * TORCH_OPS.per_image(distance, n))
-        return terms
+        maps = self.tiler.maps(prediction, target, tile_maps, prediction.shape[0],
+                               self.tile_callback)
+        return {f"content/{layer}": layer_map.mean(dim=(1, 2, 3))
+                for layer, layer_map in zip(recipe.layers, maps, strict=True)}
 
     def _feature_terms(self, prediction: torch.Tensor, target: torch.Tensor | None
                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
