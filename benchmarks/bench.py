@@ -46,6 +46,8 @@ DESCRIPTIONS = {
     "ours-bits": "PerceptualLoss, lean trunk with ReLU masks packed to bits",
     "ours-ckpt": "PerceptualLoss, plain autograd + activation checkpointing per block",
     "ours-compile": "torch.compile(PerceptualLoss()) (defaults), compiled in the warm-up call",
+    "ours-nocheck": "PerceptualLoss(check_values=False): no value check, no device sync",
+    "article-compile": "torch.compile(the article's class), compiled in the warm-up call",
     "ours-chunk1": "PerceptualLoss(chunk_size=1): the backbone runs one sample at a time",
     "ours-chunk1-cl": "PerceptualLoss(chunk_size=1), channels_last=True",
     "ours-lpips": "perceptual_loss.LPIPS(net='vgg') with its defaults (relu1_2..relu5_3, heads)",
@@ -68,6 +70,12 @@ def gpu_plan(peers: bool) -> list[dict]:
                 configs.append({"impl": impl, "mode": "train", "batch": batch, "size": size,
                                 "style": style})
     batch, size = SIZES[0]
+    # The value checks' device synchronisation, and torch.compile (warm-up timed apart)
+    configs.append({"impl": "ours-nocheck", "mode": "train", "batch": batch, "size": size,
+                    "style": False})
+    for impl in ("article-compile", "ours-compile"):
+        configs.append({"impl": impl, "mode": "train", "batch": batch, "size": size,
+                        "style": False})
     for impl in ("ours", "piq", "ours-lpips", "lpips", "ours-dists", "dists"):
         if impl in PEERS and not peers:
             continue
@@ -174,7 +182,7 @@ def uptime() -> str:
 def _label(cfg: dict) -> str:
     """One configuration in a progress line, e.g. ``ours  train B=4 224 style=False``."""
     return (f"{cfg['impl']:>12} {cfg['mode']:>6} B={cfg['batch']} {cfg['size']} "
-            f"style={cfg['style']}")
+            f"style={cfg['style']}{' compiled' if cfg.get('compile') else ''}")
 
 
 def main() -> None:

@@ -123,6 +123,8 @@ def build(cfg: dict) -> torch.nn.Module:
     impl = cfg["impl"]
     if impl == "article":
         return _article(cfg)
+    if impl == "article-compile":
+        return torch.compile(_article(cfg))
     if impl == "ours":
         return _ours(cfg)
     if impl == "ours-plain":
@@ -146,6 +148,8 @@ def build(cfg: dict) -> torch.nn.Module:
         return _ours_checkpointed(cfg)
     if impl == "ours-compile":
         return torch.compile(_ours(cfg))
+    if impl == "ours-nocheck":
+        return _ours(cfg, check_values=False)
     if impl == "ours-chunk1":
         return _ours(cfg, chunk_size=1)
     if impl == "ours-chunk1-cl":
