@@ -155,11 +155,11 @@ def build(cfg: dict) -> torch.nn.Module:
     if impl == "ours-chunk1-cl":
         return _ours(cfg, chunk_size=1, channels_last=True)
     if impl == "ours-lpips":
-        from perceptual_loss.metrics import LPIPS
+        from perceptual_loss.metrics.lpips import LPIPS
 
         return LPIPS(net="vgg", weights=None)
     if impl == "ours-lpips-nchw":
-        from perceptual_loss.metrics import LPIPS
+        from perceptual_loss.metrics.lpips import LPIPS
 
         metric = LPIPS(net="vgg", weights=None)
         metric.extractor.channels_last = False  # the extractor option, set after construction

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from perceptual_loss import DISTS
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.backbones.pooling import L2Pool2d
-from perceptual_loss.dists import DISTS_CHANNELS, load_dists_weights
+from perceptual_loss.metrics.dists import DISTS_CHANNELS, load_dists_weights
 from perceptual_loss.weights import WeightsIntegrityError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

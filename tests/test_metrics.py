@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from perceptual_loss.backbones import get_backbone
-from perceptual_loss.metrics import (
+from perceptual_loss.metrics.lpips import (
     LPIPS,
     LPIPS_NETS,
     _cached_metric,

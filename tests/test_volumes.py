@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from perceptual_loss import PerceptualLoss
-from perceptual_loss.metrics import LPIPS
+from perceptual_loss.metrics.lpips import LPIPS
 from perceptual_loss.volumes import (
     CT_WINDOWS,
     VolumePerceptualLoss,

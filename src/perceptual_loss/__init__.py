@@ -25,10 +25,11 @@ _EXPORTS: dict[str, str] = {
     "total_variation": "perceptual_loss.functional",
     "PerceptualLoss": "perceptual_loss.losses",
     "TotalVariationLoss": "perceptual_loss.losses",
-    "DISTS": "perceptual_loss.dists",
-    "LPIPS": "perceptual_loss.metrics",
+    "DISTS": "perceptual_loss.metrics.dists",
+    "LPIPS": "perceptual_loss.metrics.lpips",
     "MedicalPerceptualLoss": "perceptual_loss.medical",
-    "lpips_distance": "perceptual_loss.metrics",
+    "lpips_distance": "perceptual_loss.metrics.lpips",
+    "dists_distance": "perceptual_loss.metrics.dists",
     "NORMALIZATIONS": "perceptual_loss.preprocess",
     "OutOfRangeWarning": "perceptual_loss._checks",
     "Recipe": "perceptual_loss.recipe",
@@ -65,6 +66,7 @@ __all__ = [
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "__version__",
+    "dists_distance",
     "feature_distance",
     "get_backbone",
     "gram_matrix",
@@ -98,7 +100,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from perceptual_loss._checks import OutOfRangeWarning
     from perceptual_loss.backbones import BackboneSpec, get_backbone, list_backbones
-    from perceptual_loss.dists import DISTS
     from perceptual_loss.extractor import DEFAULT_LAYERS, FeatureExtractor
     from perceptual_loss.functional import (
         feature_distance,
@@ -108,7 +109,8 @@ if TYPE_CHECKING:
     )
     from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss, perceptual_loss
     from perceptual_loss.medical import MedicalPerceptualLoss
-    from perceptual_loss.metrics import LPIPS, lpips_distance
+    from perceptual_loss.metrics.dists import DISTS, dists_distance
+    from perceptual_loss.metrics.lpips import LPIPS, lpips_distance
     from perceptual_loss.preprocess import NORMALIZATIONS, Normalization
     from perceptual_loss.recipe import Recipe
     from perceptual_loss.video import VideoPerceptualLoss, temporal_lpips

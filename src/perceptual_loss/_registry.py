@@ -47,5 +47,9 @@ class Registry(Generic[T]):
         """Registered keys, sorted."""
         return sorted(self._items)
 
+    def in_order(self) -> list[str]:
+        """Registered keys in the order they were added."""
+        return list(self._items)
+
     def __contains__(self, key: object) -> bool:
         return key in self._items

@@ -41,7 +41,7 @@ from perceptual_loss._chunked import _PrecomputedGradient
 from perceptual_loss.execution import ChunkSize, check_chunk_size, choose_chunk_size, runs_lean
 from perceptual_loss.functional import TORCH_OPS, feature_distance, normalize_channels, reduce
 from perceptual_loss.losses import PerceptualLoss
-from perceptual_loss.metrics import LPIPS, UNIT_NORM_EPS
+from perceptual_loss.metrics.lpips import LPIPS, UNIT_NORM_EPS
 from perceptual_loss.recipe import feature_terms, pixel_terms
 
 __all__ = ["VideoPerceptualLoss", "check_clips", "temporal_lpips"]

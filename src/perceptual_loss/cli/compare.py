@@ -75,16 +75,38 @@ def _existing(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
     raise click.BadParameter(f"Path {str(value)!r} does not exist.", ctx, param)
 
 
+def metric_help() -> str:
+    """The ``--metric`` help: the scorer's own values and every registered metric.
+
+    Reads :mod:`perceptual_loss.metrics` (no torch import), when the help is shown, so a
+    metric registered before the command runs is listed.
+    """
+    from perceptual_loss.metrics import list_metrics
+
+    registered = [spec.name for spec in list_metrics()]
+    return (f"Metrics, comma-separated or repeated: mse, psnr, ssim, perceptual, "
+            f"{', '.join(registered)}, or all (the default four plus "
+            f"{' and '.join(registered)}). Default: mse,psnr,ssim,perceptual.")
+
+
+class _MetricOption(click.Option):
+    """``--metric``, whose help lists the metric registry when it is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = metric_help()
+        return super().get_help_record(ctx)
+
+
 @click.command(cls=PerceptualCommand)
 @click.argument("path_a", metavar="A", type=click.Path(path_type=Path), callback=_existing)
 @click.argument("path_b", metavar="B", type=click.Path(path_type=Path), callback=_existing)
 @click.option(
     "--metric",
     "metrics",
+    cls=_MetricOption,
     multiple=True,
     metavar="NAMES",
-    help="Metrics, comma-separated or repeated: mse, psnr, ssim, perceptual, lpips, dists, or "
-    "all (the default four plus lpips and dists). Default: mse,psnr,ssim,perceptual.",
+    help="(from the metric registry)",
 )
 @backbone_option
 @layers_option
@@ -196,6 +218,7 @@ def compare(
     from perceptual_loss.apps.compare.results import write_csv, write_json
     from perceptual_loss.apps.compare.scorer import ImageScorer, parse_metrics
     from perceptual_loss.apps.images.io import warnings_as_lines
+    from perceptual_loss.metrics import get_metric, list_metrics
 
     if video:
         _compare_videos(path_a, path_b, chosen_names=metrics, backbone=backbone, layers=layers,
@@ -216,13 +239,18 @@ def compare(
     if json_path is not None and csv_path is not None and str(json_path) == str(csv_path) == "-":
         raise click.UsageError("--json - and --csv - both write to stdout; choose one")
     chosen = parse_metrics(parse_name_list(metrics))
+    registered = {spec.name for spec in list_metrics()}
     rank = int(os.environ.get("RANK", "0"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # a GPU per rank
-    if weights is None and ("perceptual" in chosen or "lpips" in chosen) and rank == 0:
+    untrained = [name for name in chosen if name == "perceptual" or (
+        name in registered and get_metric(name).random_trunk)]
+    if weights is None and untrained and rank == 0:
+        listed = " and ".join([", ".join(untrained[:-1]), untrained[-1]] if len(untrained) > 1
+                              else untrained)
         click.echo(
-            "Warning: --weights random: the perceptual and lpips values come from an untrained "
+            f"Warning: --weights random: the {listed} values come from an untrained "
             "network and do not measure perceptual similarity.",
             err=True,
         )

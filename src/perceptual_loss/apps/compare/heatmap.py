@@ -25,7 +25,7 @@ from perceptual_loss.apps.compare.scorer import ImageScorer, pair_channels
 from perceptual_loss.frozen import copy_frozen_weights
 from perceptual_loss.functional import TORCH_OPS
 from perceptual_loss.losses import PerceptualLoss
-from perceptual_loss.metrics import LPIPS
+from perceptual_loss.metrics.lpips import LPIPS
 from perceptual_loss.recipe import feature_distance_maps
 
 __all__ = [

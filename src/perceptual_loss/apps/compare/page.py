@@ -50,9 +50,11 @@ from perceptual_loss.apps.compare.results import PairScore, format_value, metric
 from perceptual_loss.apps.compare.scorer import ImageScorer, pair_channels
 from perceptual_loss.apps.images.io import TransparencyWarning, load_image
 from perceptual_loss.apps.runtime import progress_bar
+from perceptual_loss.metrics import list_metrics
 
 __all__ = [
     "THUMB_SIZE",
+    "higher_is_better",
     "sort_metric",
     "worst_first",
     "write_html_report",
@@ -63,14 +65,22 @@ THUMB_SIZE = 300
 #: The colour scale ends at the largest of the pairs' maps' upper percentiles (a few
 #: extreme pixels would otherwise leave every map dark).
 SCALE_PERCENTILE = 99.5
-#: Values where larger means more alike (the others: larger means more different).
+#: The scorer's own values where larger means more alike (the others: more different); a
+#: registered metric says so itself (``MetricSpec.higher_is_better``).
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
 _ASSETS = "assets"
 _TEMPLATE = Path(__file__).resolve().parents[2] / "data" / "report" / "compare.html"
 
 
+def higher_is_better(name: str) -> bool:
+    """Whether larger values of ``name`` mean more alike (PSNR, SSIM, registered such)."""
+    if name in HIGHER_IS_BETTER:
+        return True
+    return any(spec.name == name and spec.higher_is_better for spec in list_metrics())
+
+
 def sort_metric(value_names: Sequence[str]) -> str | None:
-    """The value the page sorts by first: the perceptual distance, else LPIPS, else MSE.
+    """The value the page sorts by first: perceptual, else the first registered metric, else MSE.
 
     Args:
         value_names: The values each pair has (``ImageScorer.value_names()``).
@@ -78,7 +88,7 @@ def sort_metric(value_names: Sequence[str]) -> str | None:
     Returns:
         A name from ``value_names``, or ``None`` when none of them is a distance.
     """
-    for name in ("perceptual", "lpips", "mse", "psnr", "ssim"):
+    for name in ("perceptual", *(spec.name for spec in list_metrics()), "mse", "psnr", "ssim"):
         if name in value_names:
             return name
     return None
@@ -97,7 +107,7 @@ def worst_first(scores: Sequence[PairScore], metric: str | None) -> list[PairSco
     """
     if metric is None:
         return list(scores)
-    sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
+    sign = 1.0 if higher_is_better(metric) else -1.0
 
     def key(score: PairScore) -> float:
         value = score.values.get(metric, math.nan)
@@ -139,7 +149,7 @@ def _table(ordered: Sequence[PairScore], value_names: Sequence[str], first: str 
              '<th data-kind="number" data-better="higher" data-col="size" aria-sort="none">'
              '<button type="button">pixels</button></th>']
     for name in value_names:
-        better = "higher" if name in HIGHER_IS_BETTER else "lower"
+        better = "higher" if higher_is_better(name) else "lower"
         sort = ("descending" if better == "lower" else "ascending") if name == first else "none"
         css = ' class="layer"' if name.startswith("perceptual/") else ""
         heads.append(f'<th data-kind="number" data-better="{better}" data-col="{e(name)}"'

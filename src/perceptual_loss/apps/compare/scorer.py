@@ -8,8 +8,8 @@ For each pair this computes, on images in ``[0, 1]``:
   over channels), from ``pytorch_msssim``;
 - ``perceptual``: the :class:`~perceptual_loss.PerceptualLoss` value (each layer's distance a
   mean over its elements, summed over layers) and ``perceptual/<layer>`` per layer;
-- ``lpips``: the LPIPS distance of :mod:`perceptual_loss.metrics`, when asked for;
-- ``dists``: the DISTS distance of :mod:`perceptual_loss.dists`, when asked for.
+- every metric of the registry in :mod:`perceptual_loss.metrics` (``lpips``, ``dists``, and
+  any registered with :func:`~perceptual_loss.metrics.register_metric`), when asked for.
 
 :class:`ImageScorer` builds the networks once and scores batches of pairs; folders of pairs
 are in :mod:`perceptual_loss.apps.compare.folders`, clips in
@@ -30,65 +30,71 @@ from perceptual_loss.apps.images.io import load_image
 from perceptual_loss.apps.images.quality import SSIM_WINDOW, psnr_from_mse
 from perceptual_loss.apps.images.quality import ssim as ssim_per_sample
 from perceptual_loss.apps.runtime import progress_bar
-from perceptual_loss.dists import DISTS
 from perceptual_loss.functional import import_ssim
 from perceptual_loss.losses import PerceptualLoss
-from perceptual_loss.metrics import LPIPS
+from perceptual_loss.metrics import MetricSettings, get_metric, list_metrics
+from perceptual_loss.metrics.lpips import LPIPS
 from perceptual_loss.recipe import Recipe
-from perceptual_loss.weights import WeightsIntegrityError, is_random
+from perceptual_loss.weights import is_random
 
 __all__ = [
-    "ALL_METRICS",
     "AUTO_TILE_SIZE",
     "DEFAULT_METRICS",
     "ImageScorer",
+    "all_metrics",
     "load_pair",
     "pair_channels",
     "parse_metrics",
 ]
 
-ALL_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual", "lpips", "dists")
+#: The scorer's own values; the registered metrics (:mod:`perceptual_loss.metrics`) follow.
+DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
 #: Images larger than this (pixels a side) are scored in overlapping tiles by default.
 AUTO_TILE_SIZE = 512
-DEFAULT_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim", "perceptual")
+
+
+def all_metrics() -> tuple[str, ...]:
+    """Every metric name: the scorer's own four, then the registry's in registration order."""
+    return DEFAULT_METRICS + tuple(spec.name for spec in list_metrics())
 
 
 def parse_metrics(names: Iterable[str] | None) -> tuple[str, ...]:
     """Validate metric names; ``None``/empty gives :data:`DEFAULT_METRICS`, ``"all"`` all.
 
     Args:
-        names: Metric names from :data:`ALL_METRICS`, or ``"all"``.
+        names: Metric names from :func:`all_metrics`, or ``"all"``.
 
     Returns:
-        The metrics in the canonical order of :data:`ALL_METRICS`, without duplicates.
+        The metrics in the canonical order of :func:`all_metrics`, without duplicates.
 
     Raises:
         ValueError: For an unknown name; the message lists the valid ones.
     """
+    known = all_metrics()
     chosen = [name.strip().lower() for name in (names or ()) if name.strip()]
     if not chosen:
         return DEFAULT_METRICS
     if "all" in chosen:
-        return ALL_METRICS
-    unknown = [name for name in chosen if name not in ALL_METRICS]
+        return known
+    unknown = [name for name in chosen if name not in known]
     if unknown:
         raise ValueError(
-            f"unknown metric {unknown[0]!r}: choose from {', '.join(ALL_METRICS)} or all"
+            f"unknown metric {unknown[0]!r}: choose from {', '.join(known)} or all"
         )
-    return tuple(name for name in ALL_METRICS if name in chosen)
+    return tuple(name for name in known if name in chosen)
 
 
 class ImageScorer:
     """Scores batches of image pairs with the chosen metrics; the networks are built once.
 
     Args:
-        metrics: Names from :data:`ALL_METRICS` (default :data:`DEFAULT_METRICS`).
+        metrics: Names from :func:`all_metrics` (default :data:`DEFAULT_METRICS`).
         backbone: Backbone of the perceptual distance (``vgg16``, ``vgg19``, ...).
         layers: Layers of the perceptual distance; ``None`` for the library's default
             (relu1_2, relu2_2, relu3_3, relu4_3).
         weights: ``"imagenet"``, ``None`` (random), a checkpoint path or a registry key, for
-            the perceptual backbone. LPIPS uses ImageNet weights for its own trunk, or random
-            ones when ``weights`` is ``None``.
+            the perceptual backbone. The registered metrics use them where they fit their
+            trunks, else ImageNet weights (with a note), or random ones when ``None``.
         criterion: Feature distance of the perceptual term: ``"l1"`` or ``"mse"``.
         resize: Resize both images to this size before the backbone, or ``None``.
         lpips_net: LPIPS trunk: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
@@ -117,14 +123,13 @@ class ImageScorer:
         self.progress = progress
         tile_size = AUTO_TILE_SIZE if tile_size is None else tile_size
         self._tile_size = tile_size
-        self._options: dict[str, Any] = {"lpips_net": lpips_net, "weights": weights}
+        self._settings = MetricSettings(weights=weights, tile_size=tile_size,
+                                        lpips_net=lpips_net)
+        self.notes: list[str] = self._settings.notes
         self._temporal: LPIPS | None = None
         self.device = torch.device(device)
         self.perceptual: PerceptualLoss | None = None
-        self.lpips: LPIPS | None = None
-        self.dists: DISTS | None = None
         self.layers: tuple[str, ...] = ()
-        self.notes: list[str] = []
         if "ssim" in self.metrics:
             try:
                 import_ssim()
@@ -136,12 +141,13 @@ class ImageScorer:
             self.perceptual = PerceptualLoss.from_recipe(self.recipe, tile_size=tile_size
                                                          ).to(self.device)
             self.layers = self.recipe.layers
-        lpips_weights = None
-        if "lpips" in self.metrics:
-            self.lpips, lpips_weights = self._lpips(lpips_net, weights, tile_size)
-            self.lpips.to(self.device)
-        if "dists" in self.metrics:
-            self.dists = self._dists(weights).to(self.device)
+        #: The registered metrics chosen, by name: each maps (judged, reference) to (N,).
+        self.modules: dict[str, Any] = {}
+        used: dict[str, str] = {}
+        for name in self.metrics:
+            if name not in DEFAULT_METRICS:
+                module, used[name] = get_metric(name).build(self._settings)
+                self.modules[name] = module.to(self.device)
         self.config: dict[str, Any] = {
             "metrics": list(self.metrics),
             "backbone": backbone if self.perceptual is not None else None,
@@ -149,16 +155,23 @@ class ImageScorer:
             "weights": "random" if is_random(weights) else str(weights),
             "criterion": criterion,
             "resize": resize,
-            "lpips_net": lpips_net if self.lpips is not None else None,
-            "lpips_weights": lpips_weights,
+            "lpips_net": lpips_net if "lpips" in self.modules else None,
+            "lpips_weights": used.get("lpips"),
+            **{f"{name}_weights": label for name, label in used.items() if name != "lpips"},
             "notes": self.notes,
         }
+
+    @property
+    def lpips(self) -> LPIPS | None:
+        """The lpips metric when chosen (the HTML heat map reads its trunk)."""
+        return self.modules.get("lpips")
 
     @contextlib.contextmanager
     def _tile_progress(self, size: Sequence[int]) -> Iterator[None]:
         """A progress bar over the tiles of one large image (nothing for small ones)."""
-        modules = [m for m in (self.perceptual, self.lpips) if m is not None]
-        tiles = sum(m.tiler.tile_count(*size) for m in modules if m.tiler is not None)
+        modules = [m for m in (self.perceptual, *self.modules.values())
+                   if getattr(m, "tiler", None) is not None]
+        tiles = sum(m.tiler.tile_count(*size) for m in modules)
         if not self.progress or tiles <= len(modules):
             yield
             return
@@ -173,39 +186,13 @@ class ImageScorer:
                 module.tile_callback = None
             bar.close()
 
-    def _dists(self, weights: str | os.PathLike[str] | None) -> DISTS:
-        """DISTS with ``weights`` on its VGG16 trunk where they fit, else ImageNet's."""
-        if is_random(weights):
-            return DISTS(weights=None)
-        if weights not in ("imagenet", None):
-            try:
-                return DISTS(weights=weights)
-            except (WeightsIntegrityError, ValueError) as error:
-                self.notes.append(f"dists uses the ImageNet weights of its vgg16 trunk: "
-                                  f"--weights {weights} does not fit it ({error})")
-        return DISTS(weights="imagenet")
-
-    def _lpips(self, net: str, weights: str | os.PathLike[str] | None, tile_size: int | None
-               ) -> tuple[LPIPS, str | None]:
-        """The LPIPS metric with ``weights`` on its trunk where they fit, else ImageNet's."""
-        if is_random(weights):
-            return LPIPS(net, weights=None, reduction="none", tile_size=tile_size), "random"
-        if weights not in ("imagenet", None):
-            try:
-                metric = LPIPS(net, weights=weights, reduction="none", tile_size=tile_size)
-                return metric, str(weights)
-            except (WeightsIntegrityError, ValueError) as error:
-                self.notes.append(f"lpips uses the ImageNet weights of its {net} trunk: "
-                                  f"--weights {weights} does not fit it ({error})")
-        return LPIPS(net, weights="imagenet", reduction="none", tile_size=tile_size), "imagenet"
-
     def temporal_metric(self) -> LPIPS:
         """The LPIPS of tLP: the lpips metric when chosen, else one built the same way once."""
         if self.lpips is not None:
             return self.lpips
         if self._temporal is None:
-            net = str(self._options["lpips_net"])
-            self._temporal, used = self._lpips(net, self._options["weights"], self._tile_size)
+            net = self._settings.lpips_net
+            self._temporal, used = get_metric("lpips").build(self._settings)
             self._temporal.to(self.device)
             self.config["tlp_lpips"] = f"{net} ({used} weights)"
         return self._temporal
@@ -271,10 +258,8 @@ class ImageScorer:
                 out["perceptual"] = total.double().cpu()
                 for layer in self.layers:
                     out[f"perceptual/{layer}"] = parts[f"content/{layer}"].double().cpu()
-            if self.lpips is not None:
-                out["lpips"] = self.lpips(image_b, image_a).double().cpu()
-        if self.dists is not None:
-            out["dists"] = self.dists(image_b, image_a).double().cpu()
+            for name, module in self.modules.items():
+                out[name] = module(image_b, image_a).double().cpu()
         return {name: out[name] for name in self.value_names()}
 
 

@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from importlib import resources
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceptual_loss._checks import Reduction, check_reduction
+from perceptual_loss._checks import Reduction, check_image, check_input_range, check_reduction
 from perceptual_loss._weight_files import (
     WeightsIntegrityError,
     check_tensor_values,
@@ -52,9 +53,19 @@ from perceptual_loss._weight_files import (
 )
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce
+from perceptual_loss.metrics import MetricSettings
 from perceptual_loss.preprocess import ChannelMode, adapt_channels
+from perceptual_loss.weights import is_random
 
-__all__ = ["DISTS", "DISTS_LAYERS", "DISTS_SHORT_SIDE", "load_dists_weights", "official_size"]
+__all__ = [
+    "DISTS",
+    "DISTS_LAYERS",
+    "DISTS_SHORT_SIDE",
+    "dists_distance",
+    "load_dists_weights",
+    "official_size",
+    "scorer_metric",
+]
 
 #: The VGG16 layers DISTS compares after the image itself.
 DISTS_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -286,3 +297,83 @@ class DISTS(nn.Module):
         return (f"weights={self.extractor.weights_source!r}, input_range={self.input_range}, "
                 f"reduction={self.reduction!r}, short_side={self.short_side}")
 
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_metric(weights: str | None, input_range: tuple[float, float], channel_mode: str,
+                   short_side: int | None, device: str) -> DISTS:
+    metric = DISTS(weights=weights, input_range=input_range, channel_mode=channel_mode,  # type: ignore[arg-type]
+                   short_side=short_side)
+    return metric.to(device)
+
+
+def dists_distance(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_range: tuple[float, float] = (0.0, 1.0),
+    channel_mode: ChannelMode = "repeat",
+    short_side: int | None = DISTS_SHORT_SIDE,
+    reduction: Reduction = "none",
+    metric: DISTS | None = None,
+) -> torch.Tensor:
+    """Functional DISTS: the value of :class:`DISTS` without keeping a module yourself.
+
+    The module is built once per configuration and device and cached (up to 8), so calling
+    this in a loop never rebuilds the trunk. Pass ``metric=`` to use a module you built.
+
+    Args:
+        prediction: ``(N, C, H, W)`` in ``input_range``.
+        target: Same shape, dtype and device.
+        weights: VGG16 trunk weights (see :class:`DISTS`).
+        input_range: ``(low, high)`` of the images.
+        channel_mode: ``"repeat"`` or ``"per_channel"``.
+        short_side: The official protocol's resize (see :class:`DISTS`); ``None``: full size.
+        reduction: ``"none"`` (``(N,)``), ``"mean"`` or ``"sum"``.
+        metric: A prebuilt :class:`DISTS` with ``reduction="none"``; the other options are
+            then ignored except ``reduction``.
+
+    Returns:
+        ``(N,)`` distances, or their mean/sum.
+
+    Example:
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x, y = torch.rand(2, 3, 32, 32, generator=gen), torch.rand(2, 3, 32, 32, generator=gen)
+        >>> dists_distance(x, y, weights=None).shape  # random trunk: for illustration only
+        torch.Size([2])
+    """
+    check_reduction(reduction)
+    check_image(prediction, "prediction")
+    check_image(target, "target")
+    if metric is None:
+        weights_key = None if weights is None else os.fspath(weights)
+        metric = _cached_metric(weights_key, check_input_range(input_range), channel_mode,
+                                short_side, str(prediction.device))
+    if metric.reduction != "none":
+        raise ValueError(
+            f"metric=... was built with reduction={metric.reduction!r}; build it with "
+            "reduction='none' and choose the reduction here"
+        )
+    return reduce(metric(prediction, target), reduction)
+
+
+def scorer_metric(settings: MetricSettings) -> tuple[DISTS, str]:
+    """DISTS as ``perceptual compare`` scores with it (its registry factory).
+
+    ``settings.weights`` go on the VGG16 trunk where they fit it; otherwise its ImageNet
+    weights are used and a note says why. ``--weights random`` gives a random trunk.
+
+    Returns:
+        ``(metric, weights label)`` with ``reduction="none"``.
+    """
+    weights = settings.weights
+    if is_random(weights):
+        return DISTS(weights=None), "random"
+    if weights not in ("imagenet", None):
+        try:
+            return DISTS(weights=weights), str(weights)
+        except (WeightsIntegrityError, ValueError) as error:
+            settings.notes.append(f"dists uses the ImageNet weights of its vgg16 trunk: "
+                                  f"--weights {weights} does not fit it ({error})")
+    return DISTS(weights="imagenet"), "imagenet"

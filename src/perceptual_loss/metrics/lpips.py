@@ -44,13 +44,19 @@ from perceptual_loss._checks import (
     check_input_range,
     check_reduction,
 )
-from perceptual_loss._weight_files import check_tensor_values, read_tensor_file
-from perceptual_loss.backbones.alexnet import LPIPS_ALEXNET_TAPS
-from perceptual_loss.backbones.squeezenet import LPIPS_SQUEEZENET_TAPS
+from perceptual_loss._weight_files import (
+    WeightsIntegrityError,
+    check_tensor_values,
+    read_tensor_file,
+)
+from perceptual_loss.backbones import get_backbone, list_backbones, lpips_backbone
+from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce, unit_difference
+from perceptual_loss.metrics import MetricSettings
 from perceptual_loss.preprocess import ChannelMode
 from perceptual_loss.tiling import Tiler
+from perceptual_loss.weights import is_random
 
 __all__ = [
     "LPIPS",
@@ -58,6 +64,7 @@ __all__ = [
     "LpipsNet",
     "load_lpips_heads",
     "lpips_distance",
+    "scorer_metric",
 ]
 
 #: Stabiliser of each feature vector's length (the ``lpips`` package adds 1e-10 to it).
@@ -66,30 +73,44 @@ UNIT_NORM_EPS = 1e-10
 
 @dataclass(frozen=True)
 class LpipsNet:
-    """One LPIPS trunk: the registered backbone and the layers LPIPS taps.
+    """One LPIPS trunk: a registered backbone and the layers LPIPS taps (its own heads).
 
     Attributes:
         name: LPIPS name (``"vgg"``, ``"alex"``, ``"squeeze"``).
         backbone: Name in :mod:`perceptual_loss.backbones`.
         layers: Tapped layers, in the order of the heads ``lin0``, ``lin1``, ...
-        channels: Channels of each tapped layer.
     """
 
     name: str
     backbone: str
     layers: tuple[str, ...]
-    channels: tuple[int, ...]
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels of each tapped layer (the registry's geometry, from shapes alone)."""
+        return _tap_channels(self.backbone, self.layers)
+
+
+@functools.cache
+def _tap_channels(backbone: str, layers: tuple[str, ...]) -> tuple[int, ...]:
+    spec = get_backbone(backbone)
+    taps = {spec.index(layer): layer for layer in layers}
+    with torch.device("meta"):
+        trunk = list(spec.build_features().children())[: max(taps) + 1]
+    geometry = TrunkGeometry([module.eval() for module in trunk], taps)
+    return tuple(geometry.taps[layer].channels for layer in layers)
+
+
+def _lpips_net(net: str) -> LpipsNet:
+    spec = lpips_backbone(net)
+    assert spec.lpips_name is not None
+    return LpipsNet(spec.lpips_name, spec.name, spec.lpips_layers)
 
 
 LPIPS_NETS: dict[str, LpipsNet] = {
-    "vgg": LpipsNet("vgg", "vgg16",
-                    ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
-                    (64, 128, 256, 512, 512)),
-    "alex": LpipsNet("alex", "alexnet", LPIPS_ALEXNET_TAPS, (64, 192, 384, 256, 256)),
-    "squeeze": LpipsNet("squeeze", "squeezenet1_1", LPIPS_SQUEEZENET_TAPS,
-                        (64, 128, 256, 384, 384, 512, 512)),
-}
-"""The three published LPIPS trunks."""
+    spec.lpips_name: _lpips_net(spec.name)
+    for spec in map(get_backbone, list_backbones()) if spec.lpips_name is not None}
+"""The three published LPIPS trunks: lookups into the backbone registry (``lpips_name``)."""
 
 _HEAD_VERSIONS = ("0.1",)
 
@@ -414,3 +435,25 @@ def lpips_distance(
             "reduction='none' and choose the reduction here"
         )
     return reduce(metric(prediction, target), reduction)
+
+
+def scorer_metric(settings: MetricSettings) -> tuple[LPIPS, str]:
+    """LPIPS as ``perceptual compare`` scores with it (its registry factory).
+
+    ``settings.weights`` go on the trunk where they fit it; otherwise its ImageNet weights are
+    used and a note says why. ``--weights random`` gives a random trunk.
+
+    Returns:
+        ``(metric, weights label)``: ``reduction="none"``, tiled above ``settings.tile_size``.
+    """
+    net, weights, tile_size = settings.lpips_net, settings.weights, settings.tile_size
+    if is_random(weights):
+        return LPIPS(net, weights=None, reduction="none", tile_size=tile_size), "random"
+    if weights not in ("imagenet", None):
+        try:
+            return (LPIPS(net, weights=weights, reduction="none", tile_size=tile_size),
+                    str(weights))
+        except (WeightsIntegrityError, ValueError) as error:
+            settings.notes.append(f"lpips uses the ImageNet weights of its {net} trunk: "
+                                  f"--weights {weights} does not fit it ({error})")
+    return LPIPS(net, weights="imagenet", reduction="none", tile_size=tile_size), "imagenet"
