@@ -167,3 +167,43 @@ def test_a_conv1_tap_of_a_resnet_is_not_overwritten_by_its_relu(one_thread):
     maps = fx(torch.rand(1, 3, 32, 32))
     assert float(maps["bn1"].min()) < 0
     assert F.relu(maps["bn1"]).shape == (1, 64, 16, 16)
+
+
+def test_monais_distance_is_the_recipes_sse_on_unit_features(one_thread):
+    """PerceptualLoss with criterion='sse' and normalize_features is the medical preset's value."""
+    from perceptual_loss.medical import MedicalPerceptualLoss
+
+    medical = MedicalPerceptualLoss("radimagenet_resnet50", weights=None, reduction="none")
+    shared = PerceptualLoss("radimagenet_resnet50", layers=("layer4",), criterion="sse",
+                            normalize_features=True, weights=None, reduction="none",
+                            channels_last=False)
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(2, 1, 64, 64, generator=gen), torch.rand(2, 1, 64, 64, generator=gen)
+    expected = medical(y, x)
+    assert float(expected.min()) > 0
+    # the preset normalises with MONAI's eps^2 = 1e-10, the recipe with 1e-20: no visible change
+    torch.testing.assert_close(shared(y, x), expected, rtol=1e-5, atol=0)
+    volumes = MedicalPerceptualLoss("medicalnet_resnet10", weights=None, reduction="none")
+    shared_3d = PerceptualLoss("medicalnet_resnet10", layers=("layer4",), criterion="sse",
+                               normalize_features=True, weights=None, reduction="none")
+    a, b = torch.rand(2, 1, 16, 16, 16, generator=gen), torch.rand(2, 1, 16, 16, 16, generator=gen)
+    torch.testing.assert_close(shared_3d(a, b), volumes(a, b), rtol=1e-5, atol=0)
+
+
+def test_sse_sums_channels_in_the_value_the_map_and_keras():
+    from perceptual_loss.functional import TORCH_OPS, feature_distance, feature_distance_map
+    from perceptual_loss.recipe import Recipe, feature_distance_maps
+
+    gen = torch.Generator().manual_seed(4)
+    p, t = torch.randn(2, 5, 3, 4, generator=gen), torch.randn(2, 5, 3, 4, generator=gen)
+    expected = (p - t).pow(2).sum(1).mean(dim=(1, 2))
+    torch.testing.assert_close(feature_distance(p, t, "sse"), expected)
+    torch.testing.assert_close(feature_distance_map(p, t, "sse").mean(dim=(1, 2, 3)), expected)
+    recipe = Recipe.create("vgg11", ("relu1_1",), None, criterion="sse", layer_weights=(2.0,))
+    maps = feature_distance_maps(recipe, [("relu1_1", p, t)], TORCH_OPS, 2)
+    torch.testing.assert_close(maps["content/relu1_1"].mean(dim=(1, 2, 3)), 2 * expected)
+    keras_functional = pytest.importorskip("perceptual_loss.keras.functional")
+    value = keras_functional.feature_distance(p.permute(0, 2, 3, 1).numpy(),
+                                              t.permute(0, 2, 3, 1).numpy(), "sse")
+    torch.testing.assert_close(torch.as_tensor(
+        keras_functional.ops.convert_to_numpy(value)), expected, rtol=1e-5, atol=1e-6)

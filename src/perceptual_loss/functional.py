@@ -35,8 +35,8 @@ __all__ = [
     "unit_feature_distance",
 ]
 
-Criterion = Literal["l1", "mse", "l2", "charbonnier"]
-CRITERIA: tuple[str, ...] = ("l1", "mse", "l2", "charbonnier")
+Criterion = Literal["l1", "mse", "l2", "charbonnier", "sse"]
+CRITERIA: tuple[str, ...] = ("l1", "mse", "l2", "charbonnier", "sse")
 SSIM_INSTALL_HINT = 'pip install "perceptual-loss[ssim]"'
 
 
@@ -202,8 +202,11 @@ def feature_distance(prediction: torch.Tensor, target: torch.Tensor,
     Args:
         prediction: ``(N, ...)``.
         target: Same shape, or broadcastable to it (e.g. ``(1, ...)`` for one style image).
-        criterion: ``"l1"`` (mean absolute), ``"mse"``/``"l2"`` (mean squared), or
-            ``"charbonnier"`` (mean of ``sqrt(d^2 + eps^2)``, a smooth L1).
+        criterion: ``"l1"`` (mean absolute), ``"mse"``/``"l2"`` (mean squared),
+            ``"charbonnier"`` (mean of ``sqrt(d^2 + eps^2)``, a smooth L1), or ``"sse"``
+            (squared differences summed over channels, dimension 1, and averaged over the
+            rest: ``C`` times ``"mse"``; on unit-length features, ``normalize_features=True``,
+            it is MONAI's perceptual distance and LPIPS without its learned heads).
         eps: Charbonnier's smoothing constant.
 
     Returns:
@@ -212,13 +215,14 @@ def feature_distance(prediction: torch.Tensor, target: torch.Tensor,
     if criterion == "l1":
         return _MeanAbsolutePerSample.apply(prediction, target)
     diff = _float32(prediction) - _float32(target)
-    if criterion in ("mse", "l2"):
+    if criterion in ("mse", "l2", "sse"):
         per_element = diff.pow(2)
     elif criterion == "charbonnier":
         per_element = torch.sqrt(diff.pow(2) + eps * eps)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    return _mean_per_sample(per_element)
+    mean = _mean_per_sample(per_element)
+    return mean * per_element.shape[1] if criterion == "sse" else mean
 
 
 def _mean_per_sample(values: torch.Tensor) -> torch.Tensor:
@@ -266,13 +270,14 @@ def feature_distance_map(prediction: torch.Tensor, target: torch.Tensor,
                          criterion: Criterion = "l1", *, eps: float = 1e-3) -> torch.Tensor:
     """Elementwise distance summed over channels: a map ``(N, 1, H, W)`` in float32.
 
-    ``map.sum((1, 2, 3)) / (C * H * W)`` is :func:`feature_distance`; maps of tiles can be
-    stitched into the map of a whole image (:mod:`perceptual_loss.tiling`).
+    ``map.sum((1, 2, 3)) / (C * H * W)`` is :func:`feature_distance` (``/ (H * W)`` for
+    ``"sse"``, which sums over channels); maps of tiles can be stitched into the map of a
+    whole image (:mod:`perceptual_loss.tiling`).
     """
     diff = _float32(prediction) - _float32(target)
     if criterion == "l1":
         per_element = diff.abs()
-    elif criterion in ("mse", "l2"):
+    elif criterion in ("mse", "l2", "sse"):
         per_element = diff.square()
     elif criterion == "charbonnier":
         per_element = torch.sqrt(diff.square() + eps * eps)

@@ -478,8 +478,8 @@ def feature_distance_maps(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tens
 
     The same maths as :func:`feature_terms` without the mean over positions: at each position
     of a layer, ``feature_weight * layer weight * distance summed over channels / channels``
-    (features normalised first with ``normalize_features``; in ``per_channel`` mode the
-    image's channels averaged). The mean of a layer's map over its positions is therefore the
+    (not divided for ``"sse"``, which sums over channels; features normalised first with
+    ``normalize_features``; in ``per_channel`` mode the image's channels averaged). The mean of a layer's map over its positions is therefore the
     layer's content term, and a map stitched from tiles or upsampled to the image (by a
     whole factor) keeps that mean.
 
@@ -507,7 +507,9 @@ def feature_distance_maps(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tens
         p, t = prediction, ops.match_batch(target, prediction)
         if recipe.normalize_features:
             p, t = ops.normalize(p), ops.normalize(t)
-        density = ops.distance_map(p, t, recipe.criterion, recipe.charbonnier_eps) / p.shape[1]
+        density = ops.distance_map(p, t, recipe.criterion, recipe.charbonnier_eps)
+        if recipe.criterion != "sse":  # the other criteria average over channels
+            density = density / p.shape[1]
         if density.shape[0] != n:  # per_channel: the image's channels were stacked
             density = density.reshape(n, -1, *density.shape[1:]).mean(1)
         found[f"content/{layer}"] = recipe.feature_weight * content[layer] * density
