@@ -107,8 +107,9 @@ def feature_distance(prediction: Tensor, target: Tensor, criterion: Criterion = 
     Args:
         prediction: ``(N, ...)``.
         target: Same shape, or broadcastable to it (``(1, ...)`` for one shared target).
-        criterion: ``"l1"`` (mean absolute), ``"mse"``/``"l2"`` (mean squared), or
-            ``"charbonnier"`` (mean of ``sqrt(d^2 + eps^2)``, a smooth L1).
+        criterion: ``"l1"`` (mean absolute), ``"mse"``/``"l2"`` (mean squared),
+            ``"charbonnier"`` (mean of ``sqrt(d^2 + eps^2)``, a smooth L1), or ``"sse"``
+            (squared differences summed over channels, averaged over positions).
         eps: Charbonnier's smoothing constant.
 
     Returns:
@@ -120,13 +121,15 @@ def feature_distance(prediction: Tensor, target: Tensor, criterion: Criterion = 
     diff = _float32(ops.convert_to_tensor(prediction)) - _float32(ops.convert_to_tensor(target))
     if criterion == "l1":
         per_element = ops.abs(diff)
-    elif criterion in ("mse", "l2"):
+    elif criterion in ("mse", "l2", "sse"):
         per_element = ops.square(diff)
     elif criterion == "charbonnier":
         per_element = ops.sqrt(ops.square(diff) + eps * eps)
     else:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    return _mean(per_element, axis=tuple(range(1, len(per_element.shape))))
+    mean = _mean(per_element, axis=tuple(range(1, len(per_element.shape))))
+    # "sse" sums over channels: the last axis here (channels last)
+    return mean * per_element.shape[-1] if criterion == "sse" else mean
 
 
 def total_variation(images: Tensor, kind: Literal["l1", "l2"] = "l1") -> Tensor:
