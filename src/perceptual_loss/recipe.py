@@ -479,9 +479,9 @@ def feature_distance_maps(recipe: Recipe, maps: Iterable[tuple[str, Tensor, Tens
     The same maths as :func:`feature_terms` without the mean over positions: at each position
     of a layer, ``feature_weight * layer weight * distance summed over channels / channels``
     (not divided for ``"sse"``, which sums over channels; features normalised first with
-    ``normalize_features``; in ``per_channel`` mode the image's channels averaged). The mean of a layer's map over its positions is therefore the
-    layer's content term, and a map stitched from tiles or upsampled to the image (by a
-    whole factor) keeps that mean.
+    ``normalize_features``; in ``per_channel`` mode the image's channels averaged). The mean
+    of a layer's map over its positions is therefore the layer's content term, and a map
+    stitched from tiles or upsampled to the image (by a whole factor) keeps that mean.
 
     Args:
         recipe: What to compute.
