@@ -87,9 +87,17 @@ def test_a_term_of_weight_zero_is_left_out_and_vgg11_gets_its_own_layers():
     assert recipe.term_names() == [f"content/{layer}" for layer in recipe.layers]
 
 
-def test_medical_networks_refuse_layers_and_style():
-    with pytest.raises(ValueError, match="no --layers and no style term"):
+def test_medical_networks_take_named_layers_and_style_as_any_backbone():
+    with pytest.raises(ValueError, match="no default style layers.*--style-layers layer1"):
         build_loss(LossConfig({"style": 1.0}, backbone="resnet50", weights=None))
+    loss = build_loss(LossConfig({"perceptual": 1.0, "style": 10.0}, backbone="resnet50",
+                                 layers=("layer1",), style_layers=("layer1", "layer2"),
+                                 weights=None))
+    assert isinstance(loss, PerceptualLoss)
+    assert loss.recipe.layers == ("layer1",) and loss.recipe.style_layers == ("layer1", "layer2")
+    x = torch.rand(1, 1, 32, 32)
+    assert set(loss(x, x.flip(-1), return_parts=True)[1]) == {
+        "content/layer1", "style/layer1", "style/layer2"}
     with pytest.raises(ValueError, match="3D network"):
         build_loss(LossConfig({"perceptual": 1.0}, backbone="medicalnet_resnet10",
                               weights=None))

@@ -197,9 +197,10 @@ def backbone_option(func: F | None = None, *, default: str = "vgg16") -> Any:
             "--backbone",
             default=default,
             show_default=True,
-            help="Backbone network: vgg11, vgg13, vgg16, vgg19, or their _bn variants; for "
-            "training on CT/MRI slices also the 2D medical networks radimagenet_resnet50 and "
-            "resnet50 (MONAI's definition of their perceptual loss).",
+            help="Backbone network: vgg11, vgg13, vgg16, vgg19, or their _bn variants, alexnet, "
+            "squeezenet1_1; for CT/MRI slices also radimagenet_resnet50 and resnet50 (MONAI's "
+            "perceptual loss on their final map, or any of their layers named with --layers, "
+            "e.g. layer1,layer2).",
         )(f)
 
     if func is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from perceptual_loss.backbones import list_backbones
 from perceptual_loss.losses import PerceptualLoss
 from perceptual_loss.medical import MEDICAL_NETWORKS, MedicalPerceptualLoss
 from perceptual_loss.recipe import TERM_WEIGHTS, Recipe, default_layers
@@ -209,9 +210,22 @@ def build_loss(config: LossConfig) -> PerceptualLoss | MedicalMix:
         perceptual_loss.weights.WeightsNotFoundError: If ImageNet weights are asked for
             but cannot be found or downloaded.
     """
-    if config.backbone in MEDICAL_NETWORKS:
+    if config.backbone in MEDICAL_NETWORKS and not _names_layers(config):
         return _medical_mix(config)
     return PerceptualLoss.from_recipe(loss_recipe(config))
+
+
+def _names_layers(config: LossConfig) -> bool:
+    """Whether the mix names layers of a medical network: then it is an ordinary recipe.
+
+    Without ``--layers``/``--style-layers`` a medical network compares its final map as MONAI
+    does (:class:`MedicalMix`); with them it is a backbone like any other.
+    """
+    style = config.terms.get("style", 0.0) > 0
+    if style and not config.style_layers and config.backbone in list_backbones():
+        raise ValueError(f"{config.backbone} has no default style layers: name them, e.g. "
+                         "--style-layers layer1,layer2 (and --layers for the content term)")
+    return bool(config.layers or config.style_layers)
 
 
 def _medical_mix(config: LossConfig) -> MedicalMix:
@@ -220,9 +234,10 @@ def _medical_mix(config: LossConfig) -> MedicalMix:
         raise ValueError(f"{config.backbone} is a 3D network; training here runs on 2D slices: "
                          "use radimagenet_resnet50 or resnet50 (or MedicalPerceptualLoss on "
                          "volumes in your own loop)")
-    if config.terms.get("style", 0.0) > 0 or config.layers:
-        raise ValueError(f"{config.backbone} compares its final feature map (as MONAI does): "
-                         "no --layers and no style term with it")
+    if config.terms.get("style", 0.0) > 0:
+        raise ValueError(f"{config.backbone} is a preset of its final feature map (as MONAI "
+                         "compares it): for a style term use its backbone and name the layers, "
+                         "e.g. --style-layers layer1,layer2")
     medical = MedicalPerceptualLoss(config.backbone, weights=_medical_weights(config.weights),
                                     reduction="none")
     image_terms = {name: weight for name, weight in _recipe_weights(config).items()
