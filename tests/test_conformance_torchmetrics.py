@@ -298,8 +298,9 @@ def test_dists_functional_equals_torchmetrics(tm, trunks, size, reduction):
 
 
 def test_dists_gradients_equal_torchmetrics_and_pass_gradcheck(tm, trunks):
-    # Upstream: the value records a gradient and torch.autograd.gradcheck passes on the
-    # functional form in float64 (its (2, 3, 50, 50) input). Here gradcheck's fast mode (a
+    # Not in upstream's merged file; a draft of its DISTS pull request had it: the value
+    # records a gradient and torch.autograd.gradcheck passes on the functional form in
+    # float64 (on a (2, 3, 50, 50) input). Here gradcheck's fast mode (a
     # random direction; the full Jacobian is 15000 columns of VGG16 runs) on ours, whose
     # inputs must share a dtype (upstream passes a float32 target), and torchmetrics' float32
     # gradient, which memory="plain" (the same kernels) equals to 1e-4 of its largest entry.
@@ -366,10 +367,11 @@ def test_dists_wrong_reduction_is_refused(tm):
 @pytest.mark.xfail(raises=RuntimeError, strict=True,
                    reason="L2Pool2d returns float32 for float16 input outside autocast, so a "
                           "DISTS converted with .half() fails at the next convolution")
-def test_dists_half_inputs_follow_our_dtype_rule(tm, trunks):
+@pytest.mark.parametrize("size", [50, 100])
+def test_dists_half_inputs_follow_our_dtype_rule(tm, trunks, size):
     # Upstream's CPU half test; as for LPIPS, ours needs the module converted (its message
     # says so), and then should give torchmetrics' value.
-    preds, target = INPUTS["dists50"][0][0].half(), INPUTS["dists50"][1][0].half()
+    preds, target = INPUTS[f"dists{size}"][0][0].half(), INPUTS[f"dists{size}"][1][0].half()
     theirs = tm.dists(preds, target, reduction="none")
     ours = DISTS(weights=trunks["vgg16"][0])
     with pytest.raises(TypeError, match=r"float16 but the backbone is torch.float32; convert"):
