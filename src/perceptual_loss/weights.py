@@ -210,22 +210,20 @@ _LOCAL_ONLY_LICENSE = "see the publisher (not downloaded: no published hash)"
 _MEDICAL_HUB_FOLDERS = ("monai_checkpoints", "medicalnet")
 # Files without a published hash: listed and looked for, never downloaded. (backbone, name,
 # file names, normalisation, where they are published)
-for _backbone, _name, _files, _normalization, _where in (
+_LOCAL_ONLY: list[tuple[str, str, tuple[str, ...], str, str]] = [
     ("radimagenet_resnet50", "radimagenet", ("RadImageNet-ResNet50_notop.pth",), "radimagenet",
      f"{_HF_CHECKPOINTS} (RadImageNet-ResNet50_notop.pth)"),
-    ("medicalnet_resnet10", "medicalnet", ("resnet_10.pth",), "zscore",
-     f"{_MEDICALNET} (pretrain/resnet_10.pth)"),
-    ("medicalnet_resnet10", "medicalnet-23datasets",
-     ("medicalnet_resnet_10_23dataset.pth", "resnet_10_23dataset.pth"), "zscore",
-     f"{_HF_CHECKPOINTS} (medicalnet_resnet_10_23dataset.pth) or {_MEDICALNET} "
-     "(pretrain/resnet_10_23dataset.pth)"),
-    ("medicalnet_resnet50", "medicalnet", ("resnet_50.pth",), "zscore",
-     f"{_MEDICALNET} (pretrain/resnet_50.pth)"),
-    ("medicalnet_resnet50", "medicalnet-23datasets",
-     ("medicalnet_resnet50_23datasets.pth", "resnet_50_23dataset.pth"), "zscore",
-     f"{_HF_CHECKPOINTS} (medicalnet_resnet50_23datasets.pth) or {_MEDICALNET} "
-     "(pretrain/resnet_50_23dataset.pth)"),
-):
+]
+for _depth, _monai_file in ((10, "medicalnet_resnet_10_23dataset.pth"),
+                            (50, "medicalnet_resnet50_23datasets.pth")):
+    # MedicalNet's own files, and its 23-dataset files under MONAI's and MedicalNet's names
+    _LOCAL_ONLY.append((f"medicalnet_resnet{_depth}", "medicalnet", (f"resnet_{_depth}.pth",),
+                        "zscore", f"{_MEDICALNET} (pretrain/resnet_{_depth}.pth)"))
+    _LOCAL_ONLY.append((f"medicalnet_resnet{_depth}", "medicalnet-23datasets",
+                        (_monai_file, f"resnet_{_depth}_23dataset.pth"), "zscore",
+                        f"{_HF_CHECKPOINTS} ({_monai_file}) or {_MEDICALNET} "
+                        f"(pretrain/resnet_{_depth}_23dataset.pth)"))
+for _backbone, _name, _files, _normalization, _where in _LOCAL_ONLY:
     register_weights(WeightSpec(
         key=f"{_backbone}/{_name}", backbone=_backbone, filename=_files[0], url=_where,
         file_format="torch", hash_algorithm="none", hash_value="", normalization=_normalization,

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perceptual_loss._checks import Reduction, check_image, check_input_range, check_reduction
+from perceptual_loss._checks import Reduction, check_input_range, check_reduction
 from perceptual_loss._weight_files import (
     WeightsIntegrityError,
     check_tensor_values,
@@ -54,8 +54,8 @@ from perceptual_loss._weight_files import (
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce
 from perceptual_loss.metrics import MetricSettings
+from perceptual_loss.metrics._twin import twin_value, weights_or_imagenet
 from perceptual_loss.preprocess import ChannelMode, adapt_channels
-from perceptual_loss.weights import is_random
 
 __all__ = [
     "DISTS",
@@ -318,14 +318,14 @@ def dists_distance(
     reduction: Reduction = "none",
     metric: DISTS | None = None,
 ) -> torch.Tensor:
-    """Functional DISTS: the value of :class:`DISTS` without keeping a module yourself.
+    """DISTS as a function: the value of :class:`DISTS`, with no module for you to keep.
 
-    The module is built once per configuration and device and cached (up to 8), so calling
-    this in a loop never rebuilds the trunk. Pass ``metric=`` to use a module you built.
+    Modules are kept in a cache of eight, one per configuration and device (the twin of
+    :func:`~perceptual_loss.metrics.lpips.lpips_distance`); a loop pays for one VGG16.
 
     Args:
-        prediction: ``(N, C, H, W)`` in ``input_range``.
-        target: Same shape, dtype and device.
+        prediction: The judged images ``(N, C, H, W)``, values in ``input_range``.
+        target: The references, of the same shape, dtype and device.
         weights: VGG16 trunk weights (see :class:`DISTS`).
         input_range: ``(low, high)`` of the images.
         channel_mode: ``"repeat"`` or ``"per_channel"``.
@@ -343,19 +343,9 @@ def dists_distance(
         >>> dists_distance(x, y, weights=None).shape  # random trunk: for illustration only
         torch.Size([2])
     """
-    check_reduction(reduction)
-    check_image(prediction, "prediction")
-    check_image(target, "target")
-    if metric is None:
-        weights_key = None if weights is None else os.fspath(weights)
-        metric = _cached_metric(weights_key, check_input_range(input_range), channel_mode,
-                                short_side, str(prediction.device))
-    if metric.reduction != "none":
-        raise ValueError(
-            f"metric=... was built with reduction={metric.reduction!r}; build it with "
-            "reduction='none' and choose the reduction here"
-        )
-    return reduce(metric(prediction, target), reduction)
+    weights_key = None if weights is None else os.fspath(weights)
+    return twin_value(prediction, target, reduction, metric, lambda device: _cached_metric(
+        weights_key, check_input_range(input_range), channel_mode, short_side, device))
 
 
 def scorer_metric(settings: MetricSettings) -> tuple[DISTS, str]:
@@ -367,13 +357,5 @@ def scorer_metric(settings: MetricSettings) -> tuple[DISTS, str]:
     Returns:
         ``(metric, weights label)`` with ``reduction="none"``.
     """
-    weights = settings.weights
-    if is_random(weights):
-        return DISTS(weights=None), "random"
-    if weights not in ("imagenet", None):
-        try:
-            return DISTS(weights=weights), str(weights)
-        except (WeightsIntegrityError, ValueError) as error:
-            settings.notes.append(f"dists uses the ImageNet weights of its vgg16 trunk: "
-                                  f"--weights {weights} does not fit it ({error})")
-    return DISTS(weights="imagenet"), "imagenet"
+    return weights_or_imagenet(lambda weights: DISTS(weights=weights), settings, "dists",
+                               "vgg16")

@@ -40,12 +40,10 @@ from torch import nn
 
 from perceptual_loss._checks import (
     Reduction,
-    check_image,
     check_input_range,
     check_reduction,
 )
 from perceptual_loss._weight_files import (
-    WeightsIntegrityError,
     check_tensor_values,
     read_tensor_file,
 )
@@ -54,9 +52,9 @@ from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.extractor import FeatureExtractor
 from perceptual_loss.functional import reduce, unit_difference
 from perceptual_loss.metrics import MetricSettings
+from perceptual_loss.metrics._twin import twin_value, weights_or_imagenet
 from perceptual_loss.preprocess import ChannelMode
 from perceptual_loss.tiling import Tiler
-from perceptual_loss.weights import is_random
 
 __all__ = [
     "LPIPS",
@@ -418,23 +416,13 @@ def lpips_distance(
     Returns:
         ``(N,)`` float32 distances, or their mean/sum.
     """
-    check_reduction(reduction)
-    check_image(prediction, "prediction")
-    check_image(target, "target")
-    if metric is None:
-        weights_key = None if weights is None else os.fspath(weights)
-        metric = _cached_metric(_lpips_net(net).name, version, bool(lpips), weights_key,
-                                check_input_range(input_range), channel_mode,
-                                str(prediction.device))
-    if metric.spatial:
+    if metric is not None and metric.spatial:
         raise ValueError("lpips_distance returns values per image; pass a metric built with "
                          "spatial=False, or call the module itself for maps")
-    if metric.reduction != "none":
-        raise ValueError(
-            f"metric=... was built with reduction={metric.reduction!r}; build it with "
-            "reduction='none' and choose the reduction here"
-        )
-    return reduce(metric(prediction, target), reduction)
+    weights_key = None if weights is None else os.fspath(weights)
+    return twin_value(prediction, target, reduction, metric, lambda device: _cached_metric(
+        _lpips_net(net).name, version, bool(lpips), weights_key,
+        check_input_range(input_range), channel_mode, device))
 
 
 def scorer_metric(settings: MetricSettings) -> tuple[LPIPS, str]:
@@ -446,14 +434,7 @@ def scorer_metric(settings: MetricSettings) -> tuple[LPIPS, str]:
     Returns:
         ``(metric, weights label)``: ``reduction="none"``, tiled above ``settings.tile_size``.
     """
-    net, weights, tile_size = settings.lpips_net, settings.weights, settings.tile_size
-    if is_random(weights):
-        return LPIPS(net, weights=None, reduction="none", tile_size=tile_size), "random"
-    if weights not in ("imagenet", None):
-        try:
-            return (LPIPS(net, weights=weights, reduction="none", tile_size=tile_size),
-                    str(weights))
-        except (WeightsIntegrityError, ValueError) as error:
-            settings.notes.append(f"lpips uses the ImageNet weights of its {net} trunk: "
-                                  f"--weights {weights} does not fit it ({error})")
-    return LPIPS(net, weights="imagenet", reduction="none", tile_size=tile_size), "imagenet"
+    net, tile_size = settings.lpips_net, settings.tile_size
+    return weights_or_imagenet(
+        lambda weights: LPIPS(net, weights=weights, reduction="none", tile_size=tile_size),
+        settings, "lpips", net)
