@@ -8,10 +8,6 @@ bash scripts/setup.sh all,test
 # their dependencies, and the tests import them with a torchvision stand-in.
 .venv/bin/python -m pip install --quiet --no-deps lpips==0.1.4 piq==0.8.0 \
   || echo "lpips/piq could not be installed: their conformance tests will be skipped"
-# torchmetrics' LPIPS and DISTS are a reference too. Its own requirements (lightning-utilities,
-# numpy, packaging, torch) hold no torchvision: the test gives it the same stand-in.
-.venv/bin/python -m pip install --quiet torchmetrics==1.9.0 \
-  || echo "torchmetrics could not be installed: its conformance tests will be skipped"
 # The Keras loss is tested on every backend: torch (installed), and JAX and TensorFlow
 # (tensorflow-cpu) when they install from the registry; a backend's tests skip without it.
 bash scripts/install_keras_backends.sh
