@@ -207,3 +207,18 @@ def test_sse_sums_channels_in_the_value_the_map_and_keras():
                                               t.permute(0, 2, 3, 1).numpy(), "sse")
     torch.testing.assert_close(torch.as_tensor(
         keras_functional.ops.convert_to_numpy(value)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resnet_tiles_a_large_image_to_its_whole_value(one_thread):
+    """The shortcut projections do not inflate the receptive field: ResNet50's is 427 px."""
+    whole = PerceptualLoss("resnet50", layers=("layer1", "layer2"), weights=None,
+                           reduction="none")
+    tiled = PerceptualLoss("resnet50", layers=("layer1", "layer2"), weights=None,
+                           reduction="none", tile_size=112)
+    geometry = whole.extractor.geometry
+    assert geometry is not None and (geometry.taps["layer2"].receptive,
+                                     geometry.taps["layer2"].stride) == (91, 8)
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.rand(1, 3, 160, 136, generator=gen), torch.rand(1, 3, 160, 136, generator=gen)
+    assert tiled.tiler is not None and tiled.tiler.tile_count(160, 136) > 1
+    torch.testing.assert_close(tiled(x, y), whole(x, y), rtol=1e-4, atol=1e-6)

@@ -69,7 +69,9 @@ def _windows(module: nn.Module) -> list[tuple[int, int, int, int]]:
         stride = module.stride if module.stride is not None else module.kernel_size
         return [(first(module.kernel_size), first(stride), first(module.padding), dilation)]
     windows: list[tuple[int, int, int, int]] = []
-    for child in module.children():
+    for name, child in module.named_children():
+        if name == "downsample":
+            continue  # a ResNet shortcut runs beside the main path and sees less than it
         windows.extend(_windows(child))
     return windows
 
