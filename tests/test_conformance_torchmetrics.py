@@ -364,9 +364,6 @@ def test_dists_wrong_reduction_is_refused(tm):
         DISTS(weights=None, reduction="max")
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="L2Pool2d returns float32 for float16 input outside autocast, so a "
-                          "DISTS converted with .half() fails at the next convolution")
 @pytest.mark.parametrize("size", [50, 100])
 def test_dists_half_inputs_follow_our_dtype_rule(tm, trunks, size):
     # Upstream's CPU half test; as for LPIPS, ours needs the module converted (its message

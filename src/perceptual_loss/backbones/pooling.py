@@ -26,7 +26,8 @@ class L2Pool2d(nn.Module):
     The window is the 3x3 outer product of ``hanning(5)[1:-1] = (0.5, 1, 0.5)``, normalised to
     sum 1, with padding 1, so an ``H`` x ``W`` map becomes ``ceil(H/2)`` x ``ceil(W/2)``.
     Computed in float32 (float64 stays float64), also under autocast: squares of large
-    activations overflow float16.
+    activations overflow float16. The result is float32 under autocast, else the input's
+    dtype (a network converted with ``.half()`` stays half).
 
     Shape:
         - Input: ``(N, C, H, W)``.
@@ -48,6 +49,9 @@ class L2Pool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x``; see the class docstring for shapes."""
+        autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(
+            x.device.type)
+        dtype = x.dtype
         no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
                        if x.device.type in ("cpu", "cuda") else contextlib.nullcontext())
         with no_autocast:
@@ -55,7 +59,10 @@ class L2Pool2d(nn.Module):
             window = self.window.to(x.device, x.dtype).expand(x.shape[1], 1, 3, 3)
             pooled = F.conv2d(x * x, window, stride=self.stride, padding=self.padding,
                               groups=x.shape[1])
-            return (pooled + 1e-12).sqrt()
+            pooled = (pooled + 1e-12).sqrt()
+        # Under autocast the next convolution casts for itself; a network converted to half
+        # precision (.half()) needs its own dtype back.
+        return pooled if autocast else pooled.to(dtype)
 
 
 def replace_pooling(modules: Sequence[nn.Module], pooling: str) -> list[nn.Module]:
