@@ -509,7 +509,12 @@ def test_missing_num_batches_tracked_is_accepted(tmp_path):
     state = {k: v for k, v in _expanded_state(network).items()
              if not k.endswith("num_batches_tracked")}
     torch.save(state, tmp_path / "old.pth")
-    load_network_state(network, "medicalnet_resnet10", tmp_path / "old.pth")
+    torch.manual_seed(1)
+    other = medicalnet_resnet10()  # other random weights, overwritten by the file
+    load_network_state(other, "medicalnet_resnet10", tmp_path / "old.pth")
+    loaded = other.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
 def test_every_network_is_known():
