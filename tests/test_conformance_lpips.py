@@ -10,12 +10,11 @@ AlexNet, VGG16 and SqueezeNet 1.1.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 import pytest
 import torch
 
+from peer_standins import imported_with_torchvision_standin
 from perceptual_loss import LPIPS
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.frozen import frozen_state_dict
@@ -29,22 +28,10 @@ BACKBONES = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
 def lpips_package():
     if importlib.util.find_spec("lpips") is None:
         pytest.skip("lpips is not installed (pip install --no-deps lpips==0.1.4)")
-    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith(
-        ("torchvision.", "lpips"))}
-    stub = types.ModuleType("torchvision")
-    stub.models = types.SimpleNamespace(**{
-        name: (lambda pretrained=False, _name=name, **_: get_backbone(_name).build())
-        for name in BACKBONES.values()})
-    sys.modules["torchvision"] = stub
-    for name in [k for k in sys.modules if k.startswith("lpips")]:
-        del sys.modules[name]
-    try:
-        yield importlib.import_module("lpips")
-    finally:
-        for name in [k for k in sys.modules if k == "torchvision" or k.startswith(
-                ("torchvision.", "lpips"))]:
-            del sys.modules[name]
-        sys.modules.update(saved)
+    models = {name: (lambda pretrained=False, _name=name, **_: get_backbone(_name).build())
+              for name in BACKBONES.values()}
+    with imported_with_torchvision_standin("lpips", models) as package:
+        yield package
 
 
 def _reference(lpips_package, net: str, ours: LPIPS, **options):

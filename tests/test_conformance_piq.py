@@ -10,30 +10,15 @@ piq is imported with a torchvision stand-in whose ``vgg16`` is this package's VG
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 import pytest
 import torch
 
+from peer_standins import imported_with_torchvision_standin
 from perceptual_loss import PerceptualLoss
 from perceptual_loss.backbones import get_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _StubModule(types.ModuleType):
-    """A torchvision stand-in: any attribute exists (classes for capitalised names)."""
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name[0].isupper():
-            return type(name, (torch.nn.Module,), {})
-        sub = _StubModule(f"{self.__name__}.{name}")
-        setattr(self, name, sub)
-        sys.modules[sub.__name__] = sub
-        return sub
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +42,8 @@ def piq(trunk):
         model.features.load_state_dict(state)
         return model
 
-    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith(
-        ("torchvision.", "piq"))}
-    stub = _StubModule("torchvision")
-    sys.modules["torchvision"] = stub
-    sys.modules["torchvision.models"] = stub.models
-    stub.models.vgg16 = vgg16
-    for name in [k for k in sys.modules if k.startswith("piq")]:
-        del sys.modules[name]
-    try:
-        yield importlib.import_module("piq")
-    finally:
-        for name in [k for k in sys.modules if k == "torchvision" or k.startswith(
-                ("torchvision.", "piq"))]:
-            del sys.modules[name]
-        sys.modules.update(saved)
+    with imported_with_torchvision_standin("piq", {"vgg16": vgg16}) as package:
+        yield package
 
 
 def _inputs(seed: int = 0, size: int = 48):
