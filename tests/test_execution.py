@@ -26,14 +26,15 @@ def test_the_rule_as_documented():
     assert choose_chunk_size(3, CUDA, needs_grad=True) == 3
 
 
-def test_cpu_chunks_hold_about_one_224_image_and_never_one_small_image():
+def test_cpu_chunks_hold_about_one_256_image_and_never_one_small_image():
     def rule(batch, side):
         return choose_chunk_size("auto", CPU, needs_grad=True, batch=batch, pixels=side * side)
 
     assert rule(4, 224) == 1 and rule(8, 256) == 1
+    assert rule(4, 160) == 2 and rule(8, 160) == 2
     assert rule(1, 512) is None  # one sample is the whole batch
-    assert rule(8, 128) == 3
-    assert rule(16, 96) == 5
+    assert rule(8, 128) == 4
+    assert rule(16, 96) == 7
     assert rule(16, 64) == 8  # at most half the batch
     assert rule(3, 32) == 2  # small maps: at least two samples per convolution
     assert rule(2, 64) is None  # that is the whole batch

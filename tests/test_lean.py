@@ -383,7 +383,7 @@ def test_pack_mask_rejects_non_bool():
 
 
 def _loss_and_grad(memory: str, channels_last: bool, backbone: str = "vgg16",
-                   style: bool = True, criterion: str = "l1"
+                   style: bool = True, criterion: str = "l1", convolution: str = "direct"
                    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     from perceptual_loss import FeatureExtractor, PerceptualLoss
 
@@ -391,7 +391,7 @@ def _loss_and_grad(memory: str, channels_last: bool, backbone: str = "vgg16",
     style_layers = ("relu1_2", "relu2_2") if style else ()
     torch.manual_seed(0)
     fx = FeatureExtractor(backbone, layers=content + style_layers, weights=None, memory=memory,
-                          channels_last=channels_last)
+                          channels_last=channels_last, convolution=convolution)
     # The whole batch at once: this compares the trunks, not the device rule's chunking.
     loss_fn = PerceptualLoss(extractor=fx, layers=content, style_layers=style_layers,
                              criterion=criterion, reduction="none", chunk_size=None)
@@ -406,6 +406,8 @@ def _loss_and_grad(memory: str, channels_last: bool, backbone: str = "vgg16",
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("backbone", ["vgg16", "vgg16_bn"])
 def test_extractor_lean_equals_plain(backbone, channels_last):
+    # convolution="direct": the same kernels as the plain path, so bit-identical values;
+    # the default's Winograd layers are compared in tests/test_winograd.py.
     plain_value, plain_grad, plain_parts = _loss_and_grad("plain", channels_last, backbone)
     lean_value, lean_grad, lean_parts = _loss_and_grad("lean", channels_last, backbone)
     assert torch.equal(lean_value, plain_value)

@@ -28,9 +28,12 @@ from perceptual_loss.backbones.geometry import TrunkGeometry
 from perceptual_loss.backbones.pooling import POOLINGS, replace_pooling
 from perceptual_loss.execution import (
     ChannelsLast,
+    Convolution,
     check_channels_last,
+    check_convolution,
     choose_channels_last,
     runs_lean,
+    uses_winograd,
 )
 from perceptual_loss.frozen import keep_out_of_state_dict
 from perceptual_loss.preprocess import ChannelMode, Normalization, Preprocessor
@@ -74,13 +77,18 @@ class FeatureExtractor(nn.Module):
         progress: Show a progress bar if weights are downloaded.
         memory: ``"lean"`` (default) saves only what the input gradient needs: a 1-byte ReLU
             mask per element and a uint8 max-pool window position, instead of float
-            activations and int64 indices (see :mod:`perceptual_loss._lean`). Values are
-            bit-identical to ``"plain"`` and gradients equal; ``"plain"`` is ordinary autograd,
-            needed only for double backward (e.g. a gradient penalty through this loss).
+            activations and int64 indices (see :mod:`perceptual_loss._lean`). Values and
+            gradients equal ``"plain"``'s up to float32 rounding (bit-identical with
+            ``convolution="direct"``); ``"plain"`` is ordinary autograd, needed only for double
+            backward (e.g. a gradient penalty through this loss).
         channels_last: Run the backbone in ``torch.channels_last`` memory format: ``"auto"``
             (default) decides per device (on CPU and for fp16/bf16 autocast on CUDA; see
             :mod:`perceptual_loss.execution`), ``True``/``False`` force it. Values differ
             from NCHW by float rounding only.
+        convolution: ``"auto"`` (default): with ``memory="lean"`` on CPU in float32, the 3x3
+            layers with at least 128 and 256 channels run by Winograd F(4x4, 3x3), 0.4-0.6x
+            the time, within 3e-6 of a float64 convolution (see
+            :mod:`perceptual_loss.execution`); ``"direct"``: the framework's kernels always.
         pooling: ``"max"`` (the trained network), ``"avg"``: 2x2 average pooling in place of
             every max pooling, same weights (Gatys et al. prefer it for style), or ``"l2"``:
             DISTS' Hanning-window L2 pooling
@@ -114,10 +122,12 @@ class FeatureExtractor(nn.Module):
         memory: Literal["lean", "plain"] = "lean",
         channels_last: ChannelsLast = "auto",
         pooling: Literal["max", "avg", "l2"] = "max",
+        convolution: Convolution = "auto",
     ) -> None:
         super().__init__()
         self.memory = check_choice("memory", memory, ("lean", "plain"))
         self.channels_last = check_channels_last(channels_last)
+        self.convolution = check_convolution(convolution)
         self._layout_channels_last = False  # the body's current parameter layout
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         if isinstance(layers, str):
@@ -204,8 +214,8 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
-                    channels_last: ChannelsLast = "auto", progress: bool = True
-                    ) -> FeatureExtractor:
+                    channels_last: ChannelsLast = "auto", convolution: Convolution = "auto",
+                    progress: bool = True) -> FeatureExtractor:
         """The extractor a recipe needs: its backbone cut after its deepest layer.
 
         Args:
@@ -213,13 +223,15 @@ class FeatureExtractor(nn.Module):
                 pooling come from here.
             memory: See the class docstring.
             channels_last: See the class docstring.
+            convolution: See the class docstring.
             progress: Show a progress bar if weights are downloaded.
         """
         return cls(recipe.backbone, recipe.feature_layers, recipe.weights,
                    input_range=recipe.input_range, channel_mode=recipe.channel_mode,
                    resize=recipe.resize, normalization=recipe.normalization,
                    check_values=recipe.check_values, progress=progress, memory=memory,
-                   channels_last=channels_last, pooling=recipe.pooling)  # type: ignore[arg-type]
+                   channels_last=channels_last, pooling=recipe.pooling,  # type: ignore[arg-type]
+                   convolution=convolution)
 
     def use_channels_last(self, device: torch.device) -> bool:
         """Whether the trunk runs channels-last on ``device`` now; converts it once if so.
@@ -363,7 +375,8 @@ class FeatureExtractor(nn.Module):
         for start, plan, keep in self._segments:
             modules = trunk[start: start + keep[-1] + 1]
             if runs_lean(self.memory):
-                outputs = lean_forward(modules, x, plan, protect_input=start > 0)
+                outputs = lean_forward(modules, x, plan, protect_input=start > 0,
+                                       winograd=uses_winograd(self.convolution))
                 for local in keep:
                     yield self._taps[start + local], outputs[local]
                 x = outputs[keep[-1]]

@@ -32,8 +32,10 @@ from perceptual_loss._chunked import run_chunks
 from perceptual_loss.execution import (
     ChannelsLast,
     ChunkSize,
+    Convolution,
     check_channels_last,
     check_chunk_size,
+    check_convolution,
     choose_chunk_size,
     runs_lean,
 )
@@ -127,8 +129,12 @@ class PerceptualLoss(nn.Module):
             plain computation's activations), the whole batch on CUDA and without
             gradient; ``None``: the whole batch. Values and gradients are those of the whole
             batch up to float rounding. ``memory="plain"`` with the ``"auto"``
-            options is the plain computation itself (NCHW, whole batch): bit-identical
-            values, for users who need them.
+            options is the plain computation itself (NCHW, whole batch, the framework's
+            convolutions): bit-identical values, for users who need them.
+        convolution: ``"auto"`` (default): on CPU in float32 the wide 3x3 layers (VGG16 from
+            ``conv3_1`` on) run by Winograd F(4x4, 3x3): 0.4-0.6x their time, within 3e-6 of
+            a float64 convolution (:mod:`perceptual_loss.execution`); ``"direct"``: the
+            framework's kernels always.
         tile_size: Evaluate images larger than this many pixels a side in overlapping tiles
             (bounded memory for large images; content terms only, see
             :mod:`perceptual_loss.tiling`). ``None``: whole images.
@@ -162,6 +168,7 @@ class PerceptualLoss(nn.Module):
         memory: Literal["lean", "plain"] = "lean",
         channels_last: ChannelsLast = "auto",
         chunk_size: ChunkSize = "auto",
+        convolution: Convolution = "auto",
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         extractor: FeatureExtractor | None = None,
@@ -184,13 +191,14 @@ class PerceptualLoss(nn.Module):
         else:
             recipe = Recipe.create(backbone, layers, weights, **options)
         self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
-                    extractor=extractor)
+                    convolution=convolution, extractor=extractor)
         self._set_tiles(tile_size, tile_overlap)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, memory: Literal["lean", "plain"] = "lean",
                     channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
-                    tile_size: int | None = None, tile_overlap: int | None = None,
+                    convolution: Convolution = "auto", tile_size: int | None = None,
+                    tile_overlap: int | None = None,
                     extractor: FeatureExtractor | None = None) -> PerceptualLoss:
         """Build the loss a :class:`~perceptual_loss.recipe.Recipe` describes.
 
@@ -199,13 +207,14 @@ class PerceptualLoss(nn.Module):
             memory: See the class docstring.
             channels_last: See the class docstring.
             chunk_size: See the class docstring.
+            convolution: See the class docstring.
             tile_size: See the class docstring.
             tile_overlap: See the class docstring.
             extractor: Reuse this extractor (it must compute the recipe's layers).
         """
         self = cls.__new__(cls)
         self._setup(recipe, memory=memory, channels_last=channels_last, chunk_size=chunk_size,
-                    extractor=extractor)
+                    convolution=convolution, extractor=extractor)
         self._set_tiles(tile_size, tile_overlap)
         return self
 
@@ -226,13 +235,16 @@ class PerceptualLoss(nn.Module):
                            name=fx.spec.name)
 
     def _setup(self, recipe: Recipe, *, memory: str, channels_last: ChannelsLast,
-               chunk_size: ChunkSize, extractor: FeatureExtractor | None) -> None:
+               chunk_size: ChunkSize, convolution: Convolution,
+               extractor: FeatureExtractor | None) -> None:
         nn.Module.__init__(self)
         self.chunk_size = check_chunk_size(chunk_size)
         check_choice("memory", memory, ("lean", "plain"))
+        check_convolution(convolution)
         if extractor is None and recipe.feature_layers:
             extractor = FeatureExtractor.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
-                                                     channels_last=channels_last)
+                                                     channels_last=channels_last,
+                                                     convolution=convolution)
         if extractor is not None:
             missing = [n for n in recipe.feature_layers if n not in extractor.layers]
             if missing:
@@ -548,6 +560,7 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
                     weights: str | os.PathLike[str] | None = "imagenet",
                     memory: Literal["lean", "plain"] = "lean",
                     channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
+                    convolution: Convolution = "auto",
                     **options: Unpack[RecipeOptions]) -> torch.Tensor:
     """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
 
@@ -566,6 +579,7 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
         memory: See :class:`~perceptual_loss.PerceptualLoss`.
         channels_last: See :class:`~perceptual_loss.PerceptualLoss`.
         chunk_size: See :class:`~perceptual_loss.PerceptualLoss`.
+        convolution: See :class:`~perceptual_loss.PerceptualLoss`.
         **options: Every other option of :class:`~perceptual_loss.PerceptualLoss`
             (``criterion``, ``layer_weights``, ``input_range``, ``resize``, ``reduction``,
             style and pixel terms...).
@@ -578,27 +592,28 @@ def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
     check_pair(prediction, target)
     check_option_names(options, "perceptual_loss")
     loss_fn = _functional_module(extractor, backbone, layers, weights, memory, channels_last,
-                                 chunk_size, prediction, options)
+                                 chunk_size, convolution, prediction, options)
     return loss_fn(prediction, target)
 
 
 @torch.compiler.disable  # built eagerly, also inside a compiled function: never traced
 def _functional_module(extractor: FeatureExtractor | None, backbone: str, layers: Any,
                        weights: Any, memory: str, channels_last: ChannelsLast,
-                       chunk_size: ChunkSize, prediction: torch.Tensor,
-                       options: dict[str, Any]) -> PerceptualLoss:
+                       chunk_size: ChunkSize, convolution: Convolution,
+                       prediction: torch.Tensor, options: dict[str, Any]) -> PerceptualLoss:
     """The module :func:`perceptual_loss` calls: built around ``extractor``, or cached."""
     if extractor is not None:
         return PerceptualLoss(extractor=extractor, layers=layers, **options)
     recipe = Recipe.create(backbone, layers, weights, **options)
     return _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
                         check_channels_last(channels_last), check_chunk_size(chunk_size),
-                        str(prediction.device), prediction.dtype)
+                        check_convolution(convolution), str(prediction.device), prediction.dtype)
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_loss(recipe: Recipe, memory: str, channels_last: ChannelsLast, chunk_size: ChunkSize,
-                 device: str, dtype: torch.dtype) -> PerceptualLoss:
+                 convolution: Convolution, device: str, dtype: torch.dtype) -> PerceptualLoss:
     loss_fn = PerceptualLoss.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
-                                         channels_last=channels_last, chunk_size=chunk_size)
+                                         channels_last=channels_last, chunk_size=chunk_size,
+                                         convolution=convolution)
     return loss_fn.to(device=torch.device(device), dtype=dtype)
