@@ -6,8 +6,9 @@ configuration of ``worker.py`` (the same harness as ``bench.py``) with ``"compil
 compiled, fp32 and bf16. Each configuration is timed in ``--passes`` fresh processes, the
 passes through the plan alternating direction, and its time is the median of all its timed
 calls; the warm-up call's time (compilation included) is reported apart. Activation memory
-(RSS high-water mark of the first call above the RSS after construction, glibc returning
-freed blocks at once) is measured in another fresh process for the fp32 training rows.
+(RSS high-water mark of a second call above the RSS before it, glibc returning freed blocks at
+once; the first call's peak and the Winograd filter cache it builds are reported apart) is
+measured in another fresh process for the fp32 training rows.
 
     bash benchmarks/run.sh --compiled          # or: .venv/bin/python benchmarks/compiled.py
 """
@@ -78,7 +79,9 @@ def render(report: dict) -> str:
         "direction); in brackets each pass's median. Warm-up: the first call, compilation "
         "included, in each pass: the first pass compiles cold (unless an earlier run left "
         "Inductor's on-disk cache), later passes reuse that cache. Memory: activation memory "
-        "of the first fp32 training call (RSS).",
+        "of an fp32 training call after the first (RSS above the level before it); the first "
+        "call, which also builds what the module keeps (our Winograd filter cache), is "
+        "reported below each table.",
         "",
     ]
     for batch, size in TRAIN_SIZES:
@@ -126,10 +129,10 @@ def _warmup(row: dict | None) -> str:
     return " / ".join(f"{w:.0f} s" for w in warmups)
 
 
-def _mib(row: dict | None) -> str:
-    if not row or not row.get("peak_bytes"):
-        return "-"
-    return f"{row['peak_bytes'] / 2**20:.0f} MiB"
+def _mib(row: dict | None, field: str = "peak_bytes") -> str:
+    if not row or not row.get(field):
+        return "-" if field == "peak_bytes" else "0 MiB"
+    return f"{row[field] / 2**20:.0f} MiB"
 
 
 def _ratios(rows: dict, batch: int, size: int) -> list[str]:
@@ -152,6 +155,11 @@ def _ratios(rows: dict, batch: int, size: int) -> list[str]:
         if ours.get("peak_bytes") and article_eager and article_eager.get("peak_bytes"):
             memory = f", memory {ours['peak_bytes'] / article_eager['peak_bytes']:.2f}x " \
                      "the eager article's"
+            if ours.get("first_call_bytes") and article_eager.get("first_call_bytes"):
+                memory += (f" (first call {_mib(ours, 'first_call_bytes')}, of which the "
+                           f"Winograd filter cache {_mib(ours, 'winograd_cache_bytes')}, kept "
+                           f"for later calls; the article's first call "
+                           f"{_mib(article_eager, 'first_call_bytes')})")
         kind = "torch.compile(ours)" if compiled else "ours eager (defaults)"
         out.append(f"- {kind}: time {ratio:.2f}x the compiled article's ({per_pass})"
                    f"{memory}; target: at most 0.85x and 0.4x.")
@@ -198,7 +206,8 @@ def main() -> None:
             row["error"] = row.get("error") or timed.get("error")
             if number == 1 and cfg["mode"] == "train" and cfg["dtype"] == "fp32":
                 memory = run_worker({**cfg, "phase": "memory"}, args.timeout)
-                row["peak_bytes"] = memory.get("peak_bytes")
+                for field in ("peak_bytes", "first_call_bytes", "winograd_cache_bytes"):
+                    row[field] = memory.get(field)
                 row["error"] = row["error"] or memory.get("error")
             print(f"[pass {number}, {i}/{len(order)}] {label(cfg)}: "
                   f"{timed.get('median_s')} s (warm-up {timed.get('warmup_s')}) "

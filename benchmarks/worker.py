@@ -10,10 +10,12 @@ Phases:
         ``torch.compile``'s compilation), then ``repeats`` timed calls
         (``loss(x, y).backward()`` in train mode, ``loss(x, y)`` under ``torch.no_grad()`` in
         metric mode); ``"dtype": "bf16"`` runs them under bf16 autocast.
-    ``memory``: the RSS high-water mark of the first call above the RSS right after
-        construction (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from
+    ``memory``: activation memory, the RSS high-water mark of the second call above the RSS
+        right before it (``/proc/self/clear_refs`` <- ``5``, then ``VmHWM`` from
         ``/proc/self/status``; run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors
-        leave RSS at once), or ``torch.cuda.max_memory_allocated`` on CUDA; then one call under
+        leave RSS at once), also the first call's above the RSS after construction (which
+        includes what the module keeps, e.g. Winograd's filter cache, reported apart), or
+        ``torch.cuda.max_memory_allocated`` on CUDA; then one call under
         ``torch.utils.flop_counter.FlopCounterMode`` to count the FLOPs executed.
     ``calibrate``: this machine's 3x3-convolution throughput (FLOP/s) on VGG-like layers.
 
@@ -126,7 +128,7 @@ def build(cfg: dict) -> torch.nn.Module:
     if impl == "article-compile":
         return torch.compile(_article(cfg))
     if impl == "ours":
-        return _ours(cfg)
+        return _ours(cfg, **cfg.get("options", {}))  # options: e.g. {"chunk_size": 2}
     if impl == "ours-plain":
         return _ours(cfg, memory="plain")
     if impl == "ours-cl":
@@ -237,10 +239,21 @@ def run(cfg: dict) -> dict:
             step()
             result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - base
         else:
+            # The first call also builds what lives on with the module (Winograd's filter
+            # cache, allocator pools); the activation memory is the peak of the next call
+            # above the level before it.
+            base_kib = _status_kib("VmRSS")
+            _reset_hwm()
+            step()
+            result["first_call_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+            gc.collect()
             base_kib = _status_kib("VmRSS")
             _reset_hwm()
             step()
             result["peak_bytes"] = (_status_kib("VmHWM") - base_kib) * 1024
+            from perceptual_loss import _winograd
+
+            result["winograd_cache_bytes"] = _winograd.cached_bytes()
         counter = FlopCounterMode(display=False)
         with counter:
             step()
