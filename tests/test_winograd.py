@@ -50,6 +50,7 @@ def test_forward_and_input_gradient_match_a_float64_convolution(shape):
     out = _winograd.conv3x3(x, weight, bias)
     assert out.shape == reference.shape and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.stride(1) == 1  # channels innermost, as oneDNN and the next layer want
     assert _relative(out, reference) < TOLERANCE
 
     grad_reference = torch.ops.aten.convolution_backward(

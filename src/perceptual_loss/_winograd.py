@@ -134,6 +134,21 @@ def cached_bytes() -> int:
     return sum(entry[2].numel() * entry[2].element_size() for entry in _WEIGHT_CACHE.values())
 
 
+def _zero_bordered(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """``F.pad`` of an ``(N, H, W, C)`` map with zero rows and columns, in one pass over ``x``.
+
+    Only the border strips are zeroed (``F.pad`` fills the whole buffer first).
+    """
+    n, height, width, channels = x.shape
+    out = x.new_empty((n, top + height + bottom, left + width + right, channels))
+    out[:, :top].zero_()
+    out[:, top + height:].zero_()
+    out[:, top: top + height, :left].zero_()
+    out[:, top: top + height, left + width:].zero_()
+    out[:, top: top + height, left: left + width].copy_(x)
+    return out
+
+
 def _winograd(x: Tensor, filters: Tensor, bias: Tensor | None) -> Tensor:
     """The 'same' 3x3 convolution of ``x`` ``(N, C, H, W)`` with transformed ``filters``.
 
@@ -144,8 +159,8 @@ def _winograd(x: Tensor, filters: Tensor, bias: Tensor | None) -> Tensor:
     tiles_h = -(-height // _TILE)
     tiles_w = -(-width // _TILE)
     # NHWC with the 1-pixel zero border, and zeros up to whole tiles at the bottom and right.
-    padded = F.pad(x.permute(0, 2, 3, 1),
-                   (0, 0, 1, _TILE * tiles_w - width + 1, 1, _TILE * tiles_h - height + 1))
+    padded = _zero_bordered(x.permute(0, 2, 3, 1), 1, _TILE * tiles_h - height + 1,
+                            1, _TILE * tiles_w - width + 1)
     out = x.new_empty((n, height, width, out_channels))
     whole_tiles = height % _TILE == 0 and width % _TILE == 0
     input_kron = _kron("input", x.device)
@@ -195,15 +210,20 @@ def _winograd_input_grad(grad_output: Tensor, filters: Tensor) -> Tensor:
     tiles_w = -(-width // _TILE)
     grad = grad_output.permute(0, 2, 3, 1)
     if height % _TILE or width % _TILE:
-        grad = F.pad(grad, (0, 0, 0, _TILE * tiles_w - width, 0, _TILE * tiles_h - height))
-    # Padded input coordinates (1-pixel border), room for the last tiles' overhang.
-    summed = grad.new_zeros((n, _TILE * (tiles_h + 1), _TILE * (tiles_w + 1), channels))
+        grad = _zero_bordered(grad, 0, _TILE * tiles_h - height, 0, _TILE * tiles_w - width)
+    # Padded input coordinates (1-pixel border), room for the last tiles' overhang: every
+    # tile's top-left 4x4 is copied in (together they cover rows and columns 0..4*tiles-1),
+    # its overhang added; only the strips that nothing copies into start at zero.
+    summed = grad.new_empty((n, _TILE * (tiles_h + 1), _TILE * (tiles_w + 1), channels))
+    summed[:, _TILE * tiles_h:].zero_()
+    summed[:, :, _TILE * tiles_w:].zero_()
     output_kron_t = _kron("output", grad.device).t()
     input_kron_t = _kron("input", grad.device).t()
     filters_t = filters.transpose(1, 2)  # (36, C_out, C_in), a view
     row_bytes = _SPAN * _SPAN * n * tiles_w * max(channels, out_channels) * 4
     band = max(1, min(tiles_h, _BAND_TILE_BYTES // max(row_bytes, 1)))
-    for first in range(0, tiles_h, band):
+    # Bottom band first: a band's overhang lands on the rows the band below copied in.
+    for first in reversed(range(0, tiles_h, band)):
         rows = min(band, tiles_h - first)
         blocks = grad[:, _TILE * first: _TILE * (first + rows)].reshape(
             n, rows, _TILE, tiles_w, _TILE, out_channels).permute(2, 4, 0, 1, 3, 5)
@@ -215,15 +235,16 @@ def _winograd_input_grad(grad_output: Tensor, filters: Tensor) -> Tensor:
         # 4 and 5 are the next tile row's rows 0 and 1 (the same for columns).
         window = summed[:, _TILE * first: _TILE * (first + rows + 1)]
         grid = window.view(n, rows + 1, _TILE, tiles_w + 1, _TILE, channels)
-        for row_part, row_shift in ((slice(0, _TILE), 0), (slice(_TILE, _SPAN), 1)):
-            for col_part, col_shift in ((slice(0, _TILE), 0), (slice(_TILE, _SPAN), 1)):
-                part = tiles[row_part, col_part].permute(2, 3, 0, 4, 1, 5)
-                rows_span = part.shape[2]
-                cols_span = part.shape[4]
-                grid[:, row_shift: row_shift + rows, :rows_span,
-                     col_shift: col_shift + tiles_w, :cols_span].add_(part)
-    result = summed[:, 1: height + 1, 1: width + 1].permute(0, 3, 1, 2)
-    return result.contiguous(memory_format=torch.channels_last)
+        grid[:, :rows, :, :tiles_w].copy_(tiles[:_TILE, :_TILE].permute(2, 3, 0, 4, 1, 5))
+        for row_part, row_shift, col_part, col_shift in (
+                (slice(0, _TILE), 0, slice(_TILE, _SPAN), 1),
+                (slice(_TILE, _SPAN), 1, slice(0, _TILE), 0),
+                (slice(_TILE, _SPAN), 1, slice(_TILE, _SPAN), 1)):
+            part = tiles[row_part, col_part].permute(2, 3, 0, 4, 1, 5)
+            grid[:, row_shift: row_shift + rows, :part.shape[2],
+                 col_shift: col_shift + tiles_w, :part.shape[4]].add_(part)
+    # A view: the next step (the ReLU mask, max-pool backward) reads it in place.
+    return summed[:, 1: height + 1, 1: width + 1].permute(0, 3, 1, 2)
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -243,6 +264,7 @@ def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def conv3x3_input_grad(grad_output: Tensor, weight: Tensor) -> Tensor:
     """The input gradient of :func:`conv3x3`.
 
-    ``(N, C_out, H, W)`` -> ``(N, C_in, H, W)`` float32, ``torch.channels_last``.
+    ``(N, C_out, H, W)`` -> ``(N, C_in, H, W)`` float32, a channels-last view into a
+    slightly larger buffer (strided, not contiguous).
     """
     return _winograd_input_grad(grad_output, _transforms(weight))
