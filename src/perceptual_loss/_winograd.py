@@ -31,7 +31,6 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["MIN_CHANNELS", "MIN_WIDE_CHANNELS", "conv3x3", "conv3x3_input_grad", "usable"]
