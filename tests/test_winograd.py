@@ -166,6 +166,27 @@ def test_the_default_loss_runs_winograd_on_cpu_and_direct_gives_the_plain_values
     assert _relative(grads["auto"], grads["direct"].double()) < 3 * TOLERANCE
 
 
+@pytest.mark.parametrize("layers", [("conv3_3", "conv4_3"), ("relu3_1", "pool3", "conv4_2")],
+                         ids=lambda ls: "+".join(ls))
+def test_pre_activation_and_pool_taps_through_winograd_layers(layers):
+    # A tap before a ReLU (ESRGAN's features) takes the Winograd output itself, and its
+    # gradient joins the masked one from the layers above.
+    g = torch.Generator().manual_seed(10)
+    x = torch.rand(2, 3, 40, 36, generator=g)
+    y = torch.rand(2, 3, 40, 36, generator=g)
+    values, grads = {}, {}
+    for convolution in ("auto", "direct"):
+        torch.manual_seed(0)
+        loss_fn = PerceptualLoss("vgg16", layers=layers, weights=None, criterion="mse",
+                                 convolution=convolution, chunk_size=None)
+        xi = x.clone().requires_grad_()
+        value = loss_fn(xi, y)
+        value.backward()
+        values[convolution], grads[convolution] = value.detach(), xi.grad
+    torch.testing.assert_close(values["auto"], values["direct"], rtol=1e-5, atol=0)
+    assert _relative(grads["auto"], grads["direct"].double()) < 3 * TOLERANCE
+
+
 def test_an_unknown_convolution_option_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="convolution must be 'auto' or 'direct'"):
         PerceptualLoss(weights=None, convolution="winograd")  # type: ignore[arg-type]
