@@ -138,32 +138,41 @@ def test_lean_trunk_with_winograd_keeps_values_and_gradients():
         torch.testing.assert_close(values[k], wino[k].detach(), rtol=0, atol=0)
 
 
-def test_the_default_loss_runs_winograd_on_cpu_and_direct_gives_the_plain_values():
-    g = torch.Generator().manual_seed(9)
-    x = torch.rand(2, 3, 48, 40, generator=g)
-    y = torch.rand(2, 3, 48, 40, generator=g)
-    values, grads = {}, {}
+def _auto_against_direct(size: tuple[int, int], seed: int, **options) -> list[tuple]:
+    """Value and input gradient of the loss with Winograd and with oneDNN, same weights and
+    images; returns the Winograd calls of the ``"auto"`` run (``conv3x3``'s arguments)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, *size, generator=g)
+    y = torch.rand(2, 3, *size, generator=g)
+    values, grads, calls = {}, {}, []
+    original = _winograd.conv3x3
+
+    def counted(*args):  # noqa: ANN002, ANN202
+        calls.append(args)
+        return original(*args)
+
     for convolution in ("auto", "direct"):
         torch.manual_seed(0)
-        loss_fn = PerceptualLoss("vgg16", weights=None, convolution=convolution,
-                                 criterion="mse")
+        loss_fn = PerceptualLoss("vgg16", weights=None, criterion="mse",
+                                 convolution=convolution, **options)
         xi = x.clone().requires_grad_()
-        calls: list[tuple] = []
-        original = _winograd.conv3x3
-
-        def counted(*args, calls=calls, original=original):  # noqa: ANN002, ANN202
-            calls.append(args)
-            return original(*args)
-
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_winograd, "conv3x3", counted)
             value = loss_fn(xi, y)
         value.backward()
         values[convolution], grads[convolution] = value.detach(), xi.grad
-        # VGG16 up to relu4_3: conv3_1..conv4_3 qualify, for the prediction and the target
-        assert len(calls) == (2 * 6 if convolution == "auto" else 0)
+        if convolution == "auto":
+            auto_calls = list(calls)
+    assert len(calls) == len(auto_calls)  # "direct" never runs Winograd
     torch.testing.assert_close(values["auto"], values["direct"], rtol=1e-5, atol=0)
     assert _relative(grads["auto"], grads["direct"].double()) < 3 * TOLERANCE
+    return auto_calls
+
+
+def test_the_default_loss_runs_winograd_on_cpu_and_direct_gives_the_plain_values():
+    calls = _auto_against_direct((48, 40), seed=9)
+    # VGG16 up to relu4_3: conv3_1..conv4_3 qualify, for the prediction and the target
+    assert len(calls) == 2 * 6
 
 
 @pytest.mark.parametrize("layers", [("conv3_3", "conv4_3"), ("relu3_1", "pool3", "conv4_2")],
@@ -171,20 +180,7 @@ def test_the_default_loss_runs_winograd_on_cpu_and_direct_gives_the_plain_values
 def test_pre_activation_and_pool_taps_through_winograd_layers(layers):
     # A tap before a ReLU (ESRGAN's features) takes the Winograd output itself, and its
     # gradient joins the masked one from the layers above.
-    g = torch.Generator().manual_seed(10)
-    x = torch.rand(2, 3, 40, 36, generator=g)
-    y = torch.rand(2, 3, 40, 36, generator=g)
-    values, grads = {}, {}
-    for convolution in ("auto", "direct"):
-        torch.manual_seed(0)
-        loss_fn = PerceptualLoss("vgg16", layers=layers, weights=None, criterion="mse",
-                                 convolution=convolution, chunk_size=None)
-        xi = x.clone().requires_grad_()
-        value = loss_fn(xi, y)
-        value.backward()
-        values[convolution], grads[convolution] = value.detach(), xi.grad
-    torch.testing.assert_close(values["auto"], values["direct"], rtol=1e-5, atol=0)
-    assert _relative(grads["auto"], grads["direct"].double()) < 3 * TOLERANCE
+    assert _auto_against_direct((40, 36), seed=10, layers=layers, chunk_size=None)
 
 
 def test_an_unknown_convolution_option_is_refused_with_the_choices():

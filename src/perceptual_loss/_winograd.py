@@ -13,15 +13,17 @@ the BLAS; the input and output transforms are small GEMMs over the tiles. Frozen
 transformed once and cached (keyed by the tensor and its version counter, so a weight loaded
 in place is transformed again).
 
-Accuracy: the transforms use the interpolation points 0, +-1, +-2 and their small integer and
-dyadic coefficients; measured on VGG16-sized layers the result is within 2e-6 of a float64
-convolution relative to the output's norm (oneDNN's direct kernels: 3e-7), far inside what a
-loss or its gradient notices and inside the ``rtol=1e-5`` the execution rule promises.
+Accuracy: the transforms use the interpolation points 0, +-1, +-2, whose coefficients are
+small integers and simple fractions; measured on VGG16's layers the result is within 1.5e-6 of
+a float64 convolution relative to the output's norm, 3.2e-6 for the input gradient (oneDNN's
+direct kernels: 2e-7 to 1.2e-6), far inside what a loss or its gradient notices and inside
+the ``rtol=1e-5`` the execution rule promises.
 
 It pays only where the GEMM dominates the transforms: layers whose channel counts are both at
 least :data:`MIN_CHANNELS` and one at least :data:`MIN_WIDE_CHANNELS` (on VGG16: ``conv3_1``
-onward, 66% of the trunk's multiplications up to ``relu4_3``), measured 0.41-0.58x of oneDNN's
-time per layer on a 2-core AVX-512 CPU. Everything else keeps the direct kernels, and so do
+onward, 66% of the trunk's multiplications up to ``relu4_3``), measured at 0.36-0.52x of
+oneDNN's time forward and 0.46-0.63x for the input gradient on a 2-core AVX-512 CPU
+(``benchmarks/RESULTS-winograd.md``). Everything else keeps the direct kernels, and so do
 CUDA (cuDNN chooses its own algorithms), autocast (Winograd's transforms lose too much in
 16-bit floats) and float64.
 """
@@ -37,9 +39,11 @@ __all__ = ["MIN_CHANNELS", "MIN_WIDE_CHANNELS", "conv3x3", "conv3x3_input_grad",
 
 #: Both channel counts must be at least this for the transforms to pay.
 MIN_CHANNELS = 128
-#: ...and one of them at least this (``128 -> 128`` maps of 112x112 were slower than oneDNN).
+#: ...and one of them at least this (``128 -> 128`` and ``64 -> 128`` layers measured 0.7-1.4x
+#: oneDNN's time, varying from run to run: no dependable gain).
 MIN_WIDE_CHANNELS = 256
-#: Output rows per band: the transformed tiles of one band stay a few MiB, whatever the image.
+#: Bytes of one band's transformed tiles: images are taken in bands of tile rows so that the
+#: scratch buffers stay a few MiB, whatever the image size.
 _BAND_TILE_BYTES = 8 * 2**20
 
 # F(4x4, 3x3) with the points 0, 1, -1, 2, -2 and infinity.

@@ -124,10 +124,10 @@ class PerceptualLoss(nn.Module):
             on CPU, and under fp16/bf16 autocast on CUDA (:mod:`perceptual_loss.execution`);
             values differ from NCHW by float rounding only.
         chunk_size: Run the backbone on at most this many samples at a time. ``"auto"``
-            (default): for a training step on CPU about one 224x224 image's pixels per
-            chunk, i.e. one sample from 224x224 up (faster there, and a fraction of the
-            plain computation's activations), the whole batch on CUDA and without
-            gradient; ``None``: the whole batch. Values and gradients are those of the whole
+            (default): for a training step on CPU about one 256x256 image's pixels per
+            chunk, i.e. one sample from 224x224 up, two at 160x160 (faster there, and a
+            fraction of the plain computation's activations), the whole batch on CUDA and
+            without gradient; ``None``: the whole batch. Values and gradients are those of the whole
             batch up to float rounding. ``memory="plain"`` with the ``"auto"``
             options is the plain computation itself (NCHW, whole batch, the framework's
             convolutions): bit-identical values, for users who need them.

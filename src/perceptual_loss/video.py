@@ -280,7 +280,7 @@ class VideoPerceptualLoss(nn.Module):
         reduction: ``"none"`` (per clip, ``(N,)``), ``"mean"`` or ``"sum"`` over the clips;
             ``None``: the frame loss's.
         frames_per_chunk: Frames of each clip per trunk pass. ``"auto"`` (default): on CPU a
-            training step takes about one 224x224 image's pixels per pass (the frame loss's
+            training step takes about one 256x256 image's pixels per pass (the frame loss's
             device rule, :mod:`perceptual_loss.execution`), otherwise every frame at once;
             ``None``: every frame at once; an int: that many.
 
