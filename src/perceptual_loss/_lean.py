@@ -588,9 +588,11 @@ def lean_forward(modules: Sequence[nn.Module], x: Tensor, plan: LeanPlan, *,
         or any(p.requires_grad for m in modules[: stop + 1] for p in m.parameters())
     )
     for step in plan.steps:
-        fused = step.kind == "fused" and _still_lean(step, modules)
-        if not fused and (not needs_grad or step.kind == "plain"
-                          or not _still_lean(step, modules)):
+        # Fused steps also run without a gradient (their values alone, the same kernels);
+        # a pool needs its lean function only when a gradient is recorded.
+        lean = _still_lean(step, modules) and (
+            step.kind == "fused" or (step.kind == "pool" and needs_grad))
+        if not lean:
             for index in range(step.first, step.last + 1):
                 module = modules[index]
                 if isinstance(module, nn.ReLU) and (index - 1 in plan.keep

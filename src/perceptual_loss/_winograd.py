@@ -137,6 +137,12 @@ def cached_bytes() -> int:
     return sum(entry[2].numel() * entry[2].element_size() for entry in _WEIGHT_CACHE.values())
 
 
+def _band_rows(n: int, tiles_h: int, tiles_w: int, channels: int) -> int:
+    """Tile rows per band, so that one band's transformed tiles stay within the budget."""
+    row_bytes = _SPAN * _SPAN * n * tiles_w * channels * 4
+    return max(1, min(tiles_h, _BAND_TILE_BYTES // max(row_bytes, 1)))
+
+
 def _zero_bordered(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
     """``F.pad`` of an ``(N, H, W, C)`` map with zero rows and columns, in one pass over ``x``.
 
@@ -168,8 +174,7 @@ def _winograd(x: Tensor, filters: Tensor, bias: Tensor | None) -> Tensor:
     whole_tiles = height % _TILE == 0 and width % _TILE == 0
     input_kron = _kron("input", x.device)
     output_kron = _kron("output", x.device)
-    row_bytes = _SPAN * _SPAN * n * tiles_w * max(channels, out_channels) * 4
-    band = max(1, min(tiles_h, _BAND_TILE_BYTES // max(row_bytes, 1)))
+    band = _band_rows(n, tiles_h, tiles_w, max(channels, out_channels))
     s_n, s_h, s_w, s_c = padded.stride()
     for first in range(0, tiles_h, band):
         rows = min(band, tiles_h - first)
@@ -223,8 +228,7 @@ def _winograd_input_grad(grad_output: Tensor, filters: Tensor) -> Tensor:
     output_kron_t = _kron("output", grad.device).t()
     input_kron_t = _kron("input", grad.device).t()
     filters_t = filters.transpose(1, 2)  # (36, C_out, C_in), a view
-    row_bytes = _SPAN * _SPAN * n * tiles_w * max(channels, out_channels) * 4
-    band = max(1, min(tiles_h, _BAND_TILE_BYTES // max(row_bytes, 1)))
+    band = _band_rows(n, tiles_h, tiles_w, max(channels, out_channels))
     # Bottom band first: a band's overhang lands on the rows the band below copied in.
     for first in reversed(range(0, tiles_h, band)):
         rows = min(band, tiles_h - first)

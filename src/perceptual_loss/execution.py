@@ -27,7 +27,7 @@ Winograd (:mod:`perceptual_loss._winograd`): a float32 3x3 convolution on CPU al
 the machine's GEMM peak, so a faster training step needs fewer multiplications. On VGG16 from
 ``conv3_1`` on (two thirds of the trunk's work up to ``relu4_3``) F(4x4, 3x3) takes 0.4-0.6x
 oneDNN's time; its values are within 3e-6 of a float64 convolution relative to the output's
-norm (oneDNN: 3e-7). The transformed filters are cached: 4x the weights of those layers
+norm (oneDNN: 2e-7 to 1.2e-6). The transformed filters are cached: 4x the weights of those layers
 (112 MiB for VGG16 up to ``relu4_3``), built on the first call. ``convolution="direct"`` keeps
 oneDNN's kernels everywhere.
 
