@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from perceptual_loss._bitmask import pack_mask, unpack_mask
 from perceptual_loss._lean import (
     _pool_index_dtype,
     build_plan,
     lean_forward,
-    pack_mask,
-    unpack_mask,
 )
 from perceptual_loss.backbones.vgg import make_vgg_features, vgg_layer_names
 

@@ -352,7 +352,7 @@ def test_torch_compile_smoke():
 
 
 def test_functional_form_caches_its_module():
-    from perceptual_loss.losses import _cached_loss
+    from perceptual_loss.functional_loss import _cached_loss
 
     x, y = _images(1, 3, 16, 16)
     _cached_loss.cache_clear()

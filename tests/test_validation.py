@@ -24,7 +24,7 @@ from perceptual_loss import LPIPS, PerceptualLoss, perceptual_loss
 from perceptual_loss.apps.train.checkpoints import CHECKPOINT_FORMAT, load_checkpoint
 from perceptual_loss.backbones import get_backbone
 from perceptual_loss.frozen import copy_frozen_weights
-from perceptual_loss.losses import _cached_loss
+from perceptual_loss.functional_loss import _cached_loss
 from perceptual_loss.metrics.lpips import load_lpips_heads
 from perceptual_loss.weights import (
     WeightsIntegrityError,

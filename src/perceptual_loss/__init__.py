@@ -21,7 +21,7 @@ _EXPORTS: dict[str, str] = {
     "feature_distance": "perceptual_loss.functional",
     "gram_matrix": "perceptual_loss.functional",
     "normalize_channels": "perceptual_loss.functional",
-    "perceptual_loss": "perceptual_loss.losses",
+    "perceptual_loss": "perceptual_loss.functional_loss",
     "total_variation": "perceptual_loss.functional",
     "PerceptualLoss": "perceptual_loss.losses",
     "TotalVariationLoss": "perceptual_loss.losses",
@@ -107,7 +107,8 @@ if TYPE_CHECKING:
         normalize_channels,
         total_variation,
     )
-    from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss, perceptual_loss
+    from perceptual_loss.functional_loss import perceptual_loss
+    from perceptual_loss.losses import PerceptualLoss, TotalVariationLoss
     from perceptual_loss.medical import MedicalPerceptualLoss
     from perceptual_loss.metrics.dists import DISTS, dists_distance
     from perceptual_loss.metrics.lpips import LPIPS, lpips_distance

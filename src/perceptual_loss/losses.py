@@ -3,13 +3,12 @@
 :class:`PerceptualLoss` holds a :class:`~perceptual_loss.recipe.Recipe` and a
 :class:`~perceptual_loss.FeatureExtractor`; a forward validates both images once, streams them
 through the trunk together and hands each layer's pair of maps to
-:func:`~perceptual_loss.recipe.feature_terms`. :func:`perceptual_loss` is the functional form,
-whose cached modules are keyed by the recipe.
+:func:`~perceptual_loss.recipe.feature_terms`. Its functional form is
+:func:`perceptual_loss.functional_loss.perceptual_loss`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,7 +32,6 @@ from perceptual_loss.execution import (
     ChannelsLast,
     ChunkSize,
     Convolution,
-    check_channels_last,
     check_chunk_size,
     check_convolution,
     choose_chunk_size,
@@ -61,7 +59,7 @@ from perceptual_loss.tiling import Tiler
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["PerceptualLoss", "TotalVariationLoss", "perceptual_loss"]
+__all__ = ["PerceptualLoss", "TotalVariationLoss"]
 
 #: Options that a given extractor fixes (they are the extractor's, not the loss's).
 _EXTRACTOR_OPTIONS = frozenset({"input_range", "channel_mode", "resize", "normalization",
@@ -552,68 +550,3 @@ class TotalVariationLoss(nn.Module):
         """Total variation of ``images``."""
         check_image(images, "images")
         return reduce(total_variation(images, self.kind), self.reduction)
-
-
-def perceptual_loss(prediction: torch.Tensor, target: torch.Tensor, *,
-                    extractor: FeatureExtractor | None = None, backbone: str = "vgg16",
-                    layers: Sequence[str] | None = None,
-                    weights: str | os.PathLike[str] | None = "imagenet",
-                    memory: Literal["lean", "plain"] = "lean",
-                    channels_last: ChannelsLast = "auto", chunk_size: ChunkSize = "auto",
-                    convolution: Convolution = "auto",
-                    **options: Unpack[RecipeOptions]) -> torch.Tensor:
-    """Functional form of :class:`~perceptual_loss.PerceptualLoss`.
-
-    Inputs and options are validated first; the module is then built once per recipe,
-    device and dtype and cached (up to 8), so calling this in a loop never rebuilds a VGG.
-
-    Args:
-        prediction: ``(N, C, H, W)`` in ``input_range``; gradients flow to it.
-        target: Same shape.
-        extractor: A prebuilt :class:`~perceptual_loss.FeatureExtractor` to use (its own
-            layers, range and resize then apply unless ``layers`` is given).
-        backbone: Backbone name (when no extractor is given).
-        layers: Content layers (default: the extractor's, or relu1_2..relu4_3); ``()`` with
-            ``style_layers`` for a pure style loss.
-        weights: See :class:`~perceptual_loss.FeatureExtractor`.
-        memory: See :class:`~perceptual_loss.PerceptualLoss`.
-        channels_last: See :class:`~perceptual_loss.PerceptualLoss`.
-        chunk_size: See :class:`~perceptual_loss.PerceptualLoss`.
-        convolution: See :class:`~perceptual_loss.PerceptualLoss`.
-        **options: Every other option of :class:`~perceptual_loss.PerceptualLoss`
-            (``criterion``, ``layer_weights``, ``input_range``, ``resize``, ``reduction``,
-            style and pixel terms...).
-
-    Returns:
-        Scalar, or ``(N,)`` with ``reduction="none"``.
-    """
-    check_image(prediction, "prediction")
-    check_image(target, "target")
-    check_pair(prediction, target)
-    check_option_names(options, "perceptual_loss")
-    loss_fn = _functional_module(extractor, backbone, layers, weights, memory, channels_last,
-                                 chunk_size, convolution, prediction, options)
-    return loss_fn(prediction, target)
-
-
-@torch.compiler.disable  # built eagerly, also inside a compiled function: never traced
-def _functional_module(extractor: FeatureExtractor | None, backbone: str, layers: Any,
-                       weights: Any, memory: str, channels_last: ChannelsLast,
-                       chunk_size: ChunkSize, convolution: Convolution,
-                       prediction: torch.Tensor, options: dict[str, Any]) -> PerceptualLoss:
-    """The module :func:`perceptual_loss` calls: built around ``extractor``, or cached."""
-    if extractor is not None:
-        return PerceptualLoss(extractor=extractor, layers=layers, **options)
-    recipe = Recipe.create(backbone, layers, weights, **options)
-    return _cached_loss(recipe, check_choice("memory", memory, ("lean", "plain")),
-                        check_channels_last(channels_last), check_chunk_size(chunk_size),
-                        check_convolution(convolution), str(prediction.device), prediction.dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_loss(recipe: Recipe, memory: str, channels_last: ChannelsLast, chunk_size: ChunkSize,
-                 convolution: Convolution, device: str, dtype: torch.dtype) -> PerceptualLoss:
-    loss_fn = PerceptualLoss.from_recipe(recipe, memory=memory,  # type: ignore[arg-type]
-                                         channels_last=channels_last, chunk_size=chunk_size,
-                                         convolution=convolution)
-    return loss_fn.to(device=torch.device(device), dtype=dtype)
