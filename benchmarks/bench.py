@@ -2,8 +2,8 @@
 
 Run everything with ``bash benchmarks/run.sh`` (see ``benchmarks/README.md``). Each
 configuration runs in two fresh processes (``worker.py``): one for time (one warm-up call, then
-the median of ``--repeats`` calls) and one for memory (RSS high-water mark of the first call
-above the RSS after construction, with glibc returning freed blocks at once so that RSS
+the median of ``--repeats`` calls) and one for memory (RSS high-water mark of a call after the
+first above the RSS before it, with glibc returning freed blocks at once so that RSS
 follows live tensors) and FLOPs (``torch.utils.flop_counter.FlopCounterMode``).
 
 Options: ``--quick`` (B=4 224x224 content only), ``--device cuda``, ``--dtype bf16``,

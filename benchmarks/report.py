@@ -156,8 +156,9 @@ def write_results(report: dict, path: Path) -> None:
         "time is the median of all its timed calls, so one busy minute on the shared machine "
         "or one lucky process does not decide a ratio. The targets give the ratio of each "
         "pass too (both sides timed in the same pass).",
-        "- Peak memory: RSS high-water mark of the first call minus the RSS right after "
-        "construction (`/proc/self/clear_refs` <- 5, `VmHWM`), in a process where glibc serves "
+        "- Peak memory: RSS high-water mark of a call after the first minus the RSS right "
+        "before it (`/proc/self/clear_refs` <- 5, `VmHWM`; the first call also builds what the "
+        "module keeps, e.g. Winograd's filter cache), in a process where glibc serves "
         "blocks of 64 KiB or more with mmap and returns freed memory at once "
         "(`MALLOC_MMAP_THRESHOLD_=65536`), so RSS follows live tensors; the model is in the "
         "baseline. On CUDA `torch.cuda.max_memory_allocated` minus the allocation before the "
